@@ -1,0 +1,208 @@
+//! A standalone Durable Streams server on port 4437 with in-memory storage.
+//!
+//! Run it with:
+//!
+//! ```text
+//! cargo run --release --example server
+//! ```
+//!
+//! Streams live under `http://localhost:4437/v1/stream/`. Settings come from the
+//! environment, with the names operators of the older Rust server already use:
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `DS_SERVER__HOST` | `127.0.0.1` | address to listen on (`0.0.0.0` for every interface) |
+//! | `DS_SERVER__PORT` | `4437` | port to listen on (`0` picks a free one and prints it) |
+//! | `DS_SERVER__LONG_POLL_TIMEOUT_SECS` | `30` | how long a long-poll waits before 204 |
+//! | `DS_SERVER__SSE_RECONNECT_INTERVAL_SECS` | `60` | how long an SSE response stays open |
+//! | `DS_HTTP__CORS_ORIGINS` | `*` | allowed browser origins, comma-separated, or `*` |
+//! | `RUST_LOG` | `info` | log filter (tracing-subscriber syntax) |
+//!
+//! A bad value stops the server at start with a message naming the variable.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use axum::Router;
+use http::{HeaderValue, Method};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower_durable_streams::protocol::{REQUEST_HEADERS, RESPONSE_HEADERS};
+use tower_durable_streams::{DurableStreamsService, MemoryStorage};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+/// The mount point of the protocol.
+const BASE_PATH: &str = "/v1/stream";
+
+struct Settings {
+    host: IpAddr,
+    port: u16,
+    long_poll_timeout: Duration,
+    sse_reconnect_interval: Duration,
+    cors_origins: Vec<HeaderValue>,
+}
+
+/// Reads `name` from the environment, or `default` when unset.
+fn env_or<T: FromStr>(name: &str, default: T, expected: &str) -> Result<T, String> {
+    match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name}: value is not valid UTF-8")),
+        Ok(value) => value
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}: invalid value {value:?}: expected {expected}")),
+    }
+}
+
+fn positive_secs(name: &str, default: u64) -> Result<Duration, String> {
+    match env_or(name, default, "a positive whole number of seconds")? {
+        0 => Err(format!("{name}: must be at least 1 second")),
+        secs => Ok(Duration::from_secs(secs)),
+    }
+}
+
+impl Settings {
+    fn from_env() -> Result<Self, String> {
+        let origins = std::env::var("DS_HTTP__CORS_ORIGINS").unwrap_or_else(|_| "*".into());
+        let cors_origins = if origins.trim() == "*" {
+            Vec::new()
+        } else {
+            origins
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(|o| {
+                    HeaderValue::from_str(o)
+                        .map_err(|_| format!("DS_HTTP__CORS_ORIGINS: invalid origin {o:?}"))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        Ok(Settings {
+            host: env_or(
+                "DS_SERVER__HOST",
+                IpAddr::from([127, 0, 0, 1]),
+                "an IP address",
+            )?,
+            port: env_or("DS_SERVER__PORT", 4437, "a port number from 0 to 65535")?,
+            long_poll_timeout: positive_secs("DS_SERVER__LONG_POLL_TIMEOUT_SECS", 30)?,
+            sse_reconnect_interval: positive_secs("DS_SERVER__SSE_RECONNECT_INTERVAL_SECS", 60)?,
+            cors_origins,
+        })
+    }
+
+    fn cors(&self) -> CorsLayer {
+        let origin = if self.cors_origins.is_empty() {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(self.cors_origins.clone())
+        };
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::PUT,
+                Method::POST,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers(REQUEST_HEADERS)
+            .expose_headers(RESPONSE_HEADERS)
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(2);
+        }
+    };
+    let streams = DurableStreamsService::builder()
+        .storage(MemoryStorage::new())
+        .base_path(BASE_PATH)
+        .long_poll_timeout(settings.long_poll_timeout)
+        .sse_reconnect_interval(settings.sse_reconnect_interval)
+        .build()
+        .expect("settings were validated above");
+    let app = Router::new()
+        .nest_service(BASE_PATH, streams)
+        .layer(settings.cors())
+        .layer(TraceLayer::new_for_http());
+
+    let address = SocketAddr::new(settings.host, settings.port);
+    let listener = match TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("error: cannot listen on {address} (DS_SERVER__HOST/DS_SERVER__PORT): {e}");
+            std::process::exit(1);
+        }
+    };
+    let local = listener.local_addr().expect("bound socket has an address");
+    tracing::info!("serving Durable Streams at http://{local}{BASE_PATH}/");
+    println!("listening on http://{local}{BASE_PATH}/");
+
+    let server = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                let connection = server.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down");
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut signal) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            signal.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

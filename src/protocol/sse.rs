@@ -1,0 +1,167 @@
+//! Server-Sent Events framing for `live=sse` reads.
+
+use base64::Engine as _;
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// How `data` events carry the stream's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseEncoding {
+    /// UTF-8 text (`text/*`, `application/json`).
+    Text,
+    /// Standard base64 (every other content type).
+    Base64,
+}
+
+/// Encodes one `data` event whose payload is the concatenation of `pieces`.
+///
+/// Text payloads are split at every line break (`\r\n`, `\r`, `\n`) into separate
+/// `data:` lines, so payload bytes can never start a new field or event.
+///
+/// ```
+/// use bytes::Bytes;
+/// use tower_durable_streams::protocol::{data_event, SseEncoding};
+///
+/// let frame = data_event(&[Bytes::from_static(b"a\nb")], SseEncoding::Text);
+/// assert_eq!(&frame[..], b"event: data\ndata:a\ndata:b\n\n");
+/// let frame = data_event(&[Bytes::from_static(b"Hello")], SseEncoding::Base64);
+/// assert_eq!(&frame[..], b"event: data\ndata:SGVsbG8=\n\n");
+/// ```
+pub fn data_event(pieces: &[Bytes], encoding: SseEncoding) -> Bytes {
+    let size: usize = pieces.iter().map(Bytes::len).sum();
+    let mut out = BytesMut::with_capacity(size * 4 / 3 + 32);
+    out.put_slice(b"event: data\n");
+    match encoding {
+        SseEncoding::Base64 => {
+            let mut joined = Vec::with_capacity(size);
+            for piece in pieces {
+                joined.extend_from_slice(piece);
+            }
+            out.put_slice(b"data:");
+            out.put_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(joined)
+                    .as_bytes(),
+            );
+            out.put_u8(b'\n');
+        }
+        SseEncoding::Text => {
+            // Split at every line break; a line that starts with a space gets the
+            // optional space after `data:` so that readers keep its own space.
+            let mut line_start = true;
+            let mut previous_cr = false;
+            for &b in pieces.iter().flat_map(|p| p.iter()) {
+                if b == b'\n' && previous_cr {
+                    previous_cr = false;
+                    continue;
+                }
+                previous_cr = b == b'\r';
+                if line_start {
+                    out.put_slice(if b == b' ' { b"data: " } else { b"data:" });
+                    line_start = false;
+                }
+                if b == b'\n' || b == b'\r' {
+                    out.put_u8(b'\n');
+                    line_start = true;
+                } else {
+                    out.put_u8(b);
+                }
+            }
+            if line_start {
+                out.put_slice(b"data:");
+            }
+            out.put_u8(b'\n');
+        }
+    }
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// The fields of a `control` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control<'a> {
+    /// `streamNextOffset`.
+    pub next_offset: &'a str,
+    /// `streamCursor` (omitted once the stream is closed).
+    pub cursor: Option<&'a str>,
+    /// `upToDate`.
+    pub up_to_date: bool,
+    /// `streamClosed`.
+    pub closed: bool,
+}
+
+/// Encodes one `control` event.
+///
+/// ```
+/// use tower_durable_streams::protocol::{control_event, Control};
+///
+/// let frame = control_event(&Control { next_offset: "o", cursor: Some("7"), up_to_date: true, closed: false });
+/// assert_eq!(&frame[..], &b"event: control\ndata:{\"streamNextOffset\":\"o\",\"streamCursor\":\"7\",\"upToDate\":true}\n\n"[..]);
+/// ```
+pub fn control_event(control: &Control<'_>) -> Bytes {
+    let quote = |s: &str| serde_json::Value::from(s).to_string();
+    let mut json = format!("{{\"streamNextOffset\":{}", quote(control.next_offset));
+    if let Some(cursor) = control.cursor {
+        json.push_str(&format!(",\"streamCursor\":{}", quote(cursor)));
+    }
+    if control.up_to_date {
+        json.push_str(",\"upToDate\":true");
+    }
+    if control.closed {
+        json.push_str(",\"streamClosed\":true");
+    }
+    json.push('}');
+    let mut out = BytesMut::with_capacity(json.len() + 24);
+    out.put_slice(b"event: control\ndata:");
+    out.put_slice(json.as_bytes());
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_line_breaks_never_escape_the_event() {
+        let frame = data_event(
+            &[Bytes::from_static(b"x\r\nevent: control\rdata: {}\n\n")],
+            SseEncoding::Text,
+        );
+        let text = std::str::from_utf8(&frame).unwrap();
+        assert_eq!(
+            text,
+            "event: data\ndata:x\ndata:event: control\ndata:data: {}\ndata:\ndata:\n\n"
+        );
+    }
+
+    #[test]
+    fn leading_spaces_survive_the_optional_space_rule() {
+        let frame = data_event(
+            &[Bytes::from_static(b" indented\n  two")],
+            SseEncoding::Text,
+        );
+        assert_eq!(&frame[..], b"event: data\ndata:  indented\ndata:   two\n\n");
+    }
+
+    #[test]
+    fn base64_of_empty_is_empty() {
+        assert_eq!(
+            &data_event(&[], SseEncoding::Base64)[..],
+            b"event: data\ndata:\n\n"
+        );
+    }
+
+    #[test]
+    fn closed_control_has_no_cursor() {
+        let frame = control_event(&Control {
+            next_offset: "o",
+            cursor: None,
+            up_to_date: true,
+            closed: true,
+        });
+        assert_eq!(
+            &frame[..],
+            &b"event: control\ndata:{\"streamNextOffset\":\"o\",\"upToDate\":true,\"streamClosed\":true}\n\n"[..]
+        );
+    }
+}

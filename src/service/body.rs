@@ -1,0 +1,129 @@
+//! The response body type of the service.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use http_body::{Frame, SizeHint};
+
+/// The error a streaming response body can end with (a storage failure mid-read).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+type BoxStream = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
+
+/// The body of every response of [`DurableStreamsService`](crate::DurableStreamsService).
+///
+/// Catch-up reads are a list of `Bytes` chunks handed out without copying;
+/// SSE responses are a stream that ends when the stream closes, the reconnect
+/// interval passes, or the stream is deleted. `Default` is the empty body and
+/// `From<Bytes>` a full one, so host layers (CORS, timeouts, auth) can answer
+/// with it.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body::Body;
+/// use tower_durable_streams::ResponseBody;
+///
+/// assert!(ResponseBody::default().is_end_stream());
+/// assert_eq!(ResponseBody::from(Bytes::from_static(b"hi")).size_hint().exact(), Some(2));
+/// ```
+#[derive(Default)]
+pub struct ResponseBody {
+    kind: Kind,
+}
+
+#[derive(Default)]
+enum Kind {
+    #[default]
+    Empty,
+    Chunks {
+        chunks: VecDeque<Bytes>,
+        remaining: u64,
+    },
+    Stream(BoxStream),
+}
+
+impl ResponseBody {
+    /// A body made of these chunks, in order.
+    pub fn chunks(chunks: impl IntoIterator<Item = Bytes>) -> Self {
+        let chunks: VecDeque<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        let remaining = chunks.iter().map(|c| c.len() as u64).sum();
+        ResponseBody {
+            kind: Kind::Chunks { chunks, remaining },
+        }
+    }
+
+    /// A body streamed from `stream`.
+    pub fn stream<S>(stream: S) -> Self
+    where
+        S: Stream<Item = Result<Bytes, BoxError>> + Send + 'static,
+    {
+        ResponseBody {
+            kind: Kind::Stream(Box::pin(stream)),
+        }
+    }
+}
+
+impl From<Bytes> for ResponseBody {
+    fn from(bytes: Bytes) -> Self {
+        ResponseBody::chunks([bytes])
+    }
+}
+
+impl From<String> for ResponseBody {
+    fn from(text: String) -> Self {
+        ResponseBody::from(Bytes::from(text))
+    }
+}
+
+impl fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Empty => "empty",
+            Kind::Chunks { .. } => "chunks",
+            Kind::Stream(_) => "stream",
+        };
+        f.debug_struct("ResponseBody").field("kind", &kind).finish()
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Chunks { chunks, remaining } => Poll::Ready(chunks.pop_front().map(|c| {
+                *remaining -= c.len() as u64;
+                Ok(Frame::data(c))
+            })),
+            Kind::Stream(stream) => stream
+                .as_mut()
+                .poll_next(cx)
+                .map(|item| item.map(|r| r.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Chunks { chunks, .. } => chunks.is_empty(),
+            Kind::Stream(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Chunks { remaining, .. } => SizeHint::with_exact(*remaining),
+            Kind::Stream(_) => SizeHint::default(),
+        }
+    }
+}

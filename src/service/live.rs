@@ -1,0 +1,225 @@
+//! Live reads: long-poll and Server-Sent Events.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::problem::Problem;
+use super::{catch_up_response, Inner, ResponseBody};
+use crate::engine::{EngineError, View};
+use crate::protocol::{
+    control_event, data_event, is_sse_text, Control, Offset, ReadFrom, SseEncoding, STREAM_CLOSED,
+    STREAM_CURSOR, STREAM_NEXT_OFFSET, STREAM_SSE_DATA_ENCODING, STREAM_UP_TO_DATE,
+};
+use crate::storage::StreamConfig;
+
+/// Subscribes to `key` and reads from `from`; the subscription is taken first so
+/// that no append between the read and the wait can be missed.
+async fn start(
+    inner: &Inner,
+    key: &str,
+    from: ReadFrom,
+) -> Result<(watch::Receiver<View>, crate::engine::ReadResult), Problem> {
+    inner.engine.ready().await.map_err(Problem::from)?;
+    let rx = inner
+        .engine
+        .subscribe(key)
+        .ok_or_else(|| Problem::from(EngineError::NotFound))?;
+    let read = inner.engine.read(key, from).await?;
+    Ok((rx, read))
+}
+
+/// `GET ?live=long-poll`.
+pub(crate) async fn long_poll(
+    inner: Arc<Inner>,
+    key: String,
+    from: ReadFrom,
+    cursor: Option<String>,
+) -> Result<Response<ResponseBody>, Problem> {
+    let (mut rx, first) = start(&inner, &key, from).await?;
+    let cursor = inner.cursor.cursor(cursor.as_deref()).to_string();
+    if first.end > first.start {
+        return Ok(with_cursor(catch_up_response(&inner, first, None), &cursor));
+    }
+    let (config, position) = (first.config.clone(), first.start);
+    if first.closed {
+        return Ok(no_content(first.tail, true, None));
+    }
+    let deadline = Instant::now() + inner.long_poll_timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Err(_) => {
+                let tail = rx.borrow().tail.max(position);
+                return Ok(no_content(tail, false, Some(&cursor)));
+            }
+            Ok(Err(_)) => return Err(EngineError::NotFound.into()),
+            Ok(Ok(())) => {
+                let view = rx.borrow_and_update().clone();
+                check_same_stream(&view, &config)?;
+                if view.tail > position {
+                    let read = inner.engine.read_at(&key, &config, position, &view).await?;
+                    return Ok(with_cursor(catch_up_response(&inner, read, None), &cursor));
+                }
+                if view.closed {
+                    return Ok(no_content(view.tail, true, None));
+                }
+            }
+        }
+    }
+}
+
+fn check_same_stream(view: &View, config: &StreamConfig) -> Result<(), EngineError> {
+    match &view.config {
+        Some(c) if c.id == config.id && view.soft_deleted => Err(EngineError::Gone),
+        Some(c) if c.id == config.id => Ok(()),
+        _ => Err(EngineError::NotFound),
+    }
+}
+
+fn with_cursor(mut response: Response<ResponseBody>, cursor: &str) -> Response<ResponseBody> {
+    if let Ok(value) = HeaderValue::from_str(cursor) {
+        response.headers_mut().insert(STREAM_CURSOR, value);
+    }
+    response
+}
+
+/// The 204 of a long-poll that found nothing new.
+fn no_content(tail: u64, closed: bool, cursor: Option<&str>) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::default());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(STREAM_UP_TO_DATE, HeaderValue::from_static("true"));
+    if let Ok(offset) = HeaderValue::from_str(&Offset::new(tail).to_string()) {
+        headers.insert(STREAM_NEXT_OFFSET, offset);
+    }
+    if closed {
+        headers.insert(STREAM_CLOSED, HeaderValue::from_static("true"));
+    }
+    if let Some(cursor) = cursor.and_then(|c| HeaderValue::from_str(c).ok()) {
+        headers.insert(STREAM_CURSOR, cursor);
+    }
+    response
+}
+
+struct SseState {
+    inner: Arc<Inner>,
+    key: String,
+    config: Arc<StreamConfig>,
+    position: u64,
+    rx: watch::Receiver<View>,
+    encoding: SseEncoding,
+    cursor: String,
+    deadline: Instant,
+    sent_control: bool,
+    done: bool,
+}
+
+/// `GET ?live=sse`.
+pub(crate) async fn sse(
+    inner: Arc<Inner>,
+    key: String,
+    from: ReadFrom,
+    cursor: Option<String>,
+) -> Result<Response<ResponseBody>, Problem> {
+    let (rx, first) = start(&inner, &key, from).await?;
+    let encoding = if is_sse_text(&first.config.content_type) {
+        SseEncoding::Text
+    } else {
+        SseEncoding::Base64
+    };
+    let state = SseState {
+        cursor: inner.cursor.cursor(cursor.as_deref()).to_string(),
+        deadline: Instant::now() + inner.sse_reconnect_interval,
+        config: first.config.clone(),
+        position: first.start,
+        inner,
+        key,
+        rx,
+        encoding,
+        sent_control: false,
+        done: false,
+    };
+    let events = futures_util::stream::unfold(state, |mut state| async move {
+        if state.done {
+            return None;
+        }
+        match next_event(&mut state).await {
+            Ok(Some(frame)) => Some((Ok(frame), state)),
+            Ok(None) => None,
+            Err(error) => {
+                state.done = true;
+                Some((Err(Box::new(error) as super::BoxError), state))
+            }
+        }
+    });
+    let mut response = Response::new(ResponseBody::stream(events));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if encoding == SseEncoding::Base64 {
+        headers.insert(STREAM_SSE_DATA_ENCODING, HeaderValue::from_static("base64"));
+    }
+    Ok(response)
+}
+
+/// The next frame(s) of an SSE response, or `None` when it should end.
+async fn next_event(state: &mut SseState) -> Result<Option<Bytes>, EngineError> {
+    loop {
+        let view = state.rx.borrow_and_update().clone();
+        if check_same_stream(&view, &state.config).is_err() {
+            return Ok(None);
+        }
+        if state.position < view.tail {
+            let read = state
+                .inner
+                .engine
+                .read_at(&state.key, &state.config, state.position, &view)
+                .await?;
+            let at_tail = read.end >= view.tail;
+            let closed = view.closed && at_tail;
+            let pieces = if crate::protocol::is_json(&state.config.content_type) {
+                crate::protocol::json_read_frame(read.data)
+            } else {
+                read.data
+            };
+            let mut frame = BytesMut::from(&data_event(&pieces, state.encoding)[..]);
+            frame.extend_from_slice(&control(state, read.end, at_tail, closed));
+            state.position = read.end;
+            state.sent_control = true;
+            state.done = closed;
+            return Ok(Some(frame.freeze()));
+        }
+        if view.closed {
+            state.done = true;
+            return Ok(Some(control(state, view.tail, true, true)));
+        }
+        if !state.sent_control {
+            state.sent_control = true;
+            return Ok(Some(control(state, view.tail, true, false)));
+        }
+        tokio::select! {
+            changed = state.rx.changed() => {
+                if changed.is_err() {
+                    return Ok(None);
+                }
+            }
+            () = tokio::time::sleep_until(state.deadline) => return Ok(None),
+        }
+    }
+}
+
+fn control(state: &SseState, next: u64, up_to_date: bool, closed: bool) -> Bytes {
+    let next_offset = Offset::new(next).to_string();
+    control_event(&Control {
+        next_offset: &next_offset,
+        cursor: (!closed).then_some(state.cursor.as_str()),
+        up_to_date,
+        closed,
+    })
+}

@@ -1,0 +1,708 @@
+//! The tower `Service`: HTTP in, protocol operations on the engine, HTTP out.
+
+mod body;
+mod future;
+mod live;
+mod problem;
+mod request;
+
+pub use body::{BoxError, ResponseBody};
+pub use future::ResponseFuture;
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, HOST, IF_NONE_MATCH,
+    LOCATION, X_CONTENT_TYPE_OPTIONS,
+};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+
+use crate::engine::{AppendKind, AppendRequest, CreateRequest, Engine, ForkRequest, ReadResult};
+use crate::protocol::{
+    etag, etag_matches, format_rfc3339, is_json, is_true_flag, is_valid_content_type,
+    json_read_frame, parse_expires_at, parse_producer, parse_sub_offset, parse_ttl, CursorClock,
+    Offset, ReadFrom, PRODUCER_EPOCH, PRODUCER_ID, PRODUCER_SEQ, STREAM_CLOSED, STREAM_EXPIRES_AT,
+    STREAM_FORKED_FROM, STREAM_FORK_OFFSET, STREAM_FORK_SUB_OFFSET, STREAM_NEXT_OFFSET, STREAM_SEQ,
+    STREAM_TTL, STREAM_UP_TO_DATE,
+};
+use crate::storage::{Expiry, MemoryStorage, Storage};
+use problem::Problem;
+use request::{fork_source_key, header_str, parse_query, stream_key};
+
+/// `Cache-Control` of catch-up reads that return stream data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CachePolicy {
+    /// `public, max-age=60, stale-while-revalidate=300`: shared streams behind a CDN.
+    #[default]
+    Public,
+    /// `private, max-age=60, stale-while-revalidate=300`: user-specific streams.
+    Private,
+    /// `no-store`: nothing is cached anywhere.
+    NoStore,
+}
+
+impl CachePolicy {
+    fn header(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            CachePolicy::Public => "public, max-age=60, stale-while-revalidate=300",
+            CachePolicy::Private => "private, max-age=60, stale-while-revalidate=300",
+            CachePolicy::NoStore => "no-store",
+        })
+    }
+}
+
+/// A setting that `build()` refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `base_path` must start with `/`, not end with `/`, and be a valid path.
+    #[error("invalid base_path {0:?}: it must start with '/' and must not end with '/'")]
+    BasePath(String),
+    /// A duration setting is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+    /// A size setting is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroSize(&'static str),
+}
+
+/// Configures a [`DurableStreamsService`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_durable_streams::{DurableStreamsService, MemoryStorage};
+///
+/// let service = DurableStreamsService::builder()
+///     .storage(MemoryStorage::new())
+///     .base_path("/v1/stream")
+///     .long_poll_timeout(Duration::from_secs(30))
+///     .build()
+///     .expect("valid settings");
+/// # let _ = service;
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Builder {
+    storage: Option<Arc<dyn Storage>>,
+    base_path: Option<String>,
+    long_poll_timeout: Duration,
+    sse_reconnect_interval: Duration,
+    cursor_interval: Duration,
+    max_append_bytes: usize,
+    max_read_bytes: usize,
+    cache_policy: CachePolicy,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            storage: None,
+            base_path: None,
+            long_poll_timeout: Duration::from_secs(30),
+            sse_reconnect_interval: Duration::from_secs(60),
+            cursor_interval: Duration::from_secs(20),
+            max_append_bytes: 64 * 1024 * 1024,
+            max_read_bytes: 1024 * 1024,
+            cache_policy: CachePolicy::Public,
+        }
+    }
+}
+
+impl Builder {
+    /// Where streams are kept. Defaults to a new [`MemoryStorage`].
+    pub fn storage(mut self, storage: impl Storage) -> Self {
+        self.storage = Some(Arc::new(storage));
+        self
+    }
+
+    /// Where streams are kept, as a shared handle. Defaults to a new [`MemoryStorage`].
+    pub fn storage_arc(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// The path prefix the service is mounted under, such as `/v1/stream`.
+    /// Request paths that start with it have it removed before they name a
+    /// stream, `Stream-Forked-From` values are read relative to it, and
+    /// `Location` headers include it. Defaults to none.
+    pub fn base_path(mut self, base_path: impl Into<String>) -> Self {
+        self.base_path = Some(base_path.into());
+        self
+    }
+
+    /// How long a long-poll read waits for data before answering 204.
+    /// Defaults to 30 seconds.
+    pub fn long_poll_timeout(mut self, timeout: Duration) -> Self {
+        self.long_poll_timeout = timeout;
+        self
+    }
+
+    /// How long an SSE response stays open before the server closes it so the
+    /// client reconnects (section 10.2). Defaults to 60 seconds.
+    pub fn sse_reconnect_interval(mut self, interval: Duration) -> Self {
+        self.sse_reconnect_interval = interval;
+        self
+    }
+
+    /// The interval of live-read cursors (section 10.1). Defaults to 20 seconds.
+    pub fn cursor_interval(mut self, interval: Duration) -> Self {
+        self.cursor_interval = interval;
+        self
+    }
+
+    /// The largest request body accepted by `PUT` and `POST`; larger ones get 413.
+    /// Defaults to 64 MiB.
+    pub fn max_append_bytes(mut self, bytes: usize) -> Self {
+        self.max_append_bytes = bytes;
+        self
+    }
+
+    /// The most stream bytes one read response carries; a longer range is served
+    /// over several requests. Defaults to 1 MiB.
+    pub fn max_read_bytes(mut self, bytes: usize) -> Self {
+        self.max_read_bytes = bytes;
+        self
+    }
+
+    /// `Cache-Control` of catch-up reads. Defaults to [`CachePolicy::Public`].
+    pub fn cache_policy(mut self, policy: CachePolicy) -> Self {
+        self.cache_policy = policy;
+        self
+    }
+
+    /// Checks the settings and builds the service.
+    pub fn build(self) -> Result<DurableStreamsService, BuildError> {
+        if let Some(base) = &self.base_path {
+            let valid = base.starts_with('/')
+                && !base.ends_with('/')
+                && !base.contains(['?', '#'])
+                && base.parse::<http::uri::PathAndQuery>().is_ok();
+            if !valid {
+                return Err(BuildError::BasePath(base.clone()));
+            }
+        }
+        for (name, value) in [
+            ("long_poll_timeout", self.long_poll_timeout),
+            ("sse_reconnect_interval", self.sse_reconnect_interval),
+            ("cursor_interval", self.cursor_interval),
+        ] {
+            if value.is_zero() {
+                return Err(BuildError::ZeroDuration(name));
+            }
+        }
+        for (name, value) in [
+            ("max_append_bytes", self.max_append_bytes),
+            ("max_read_bytes", self.max_read_bytes),
+        ] {
+            if value == 0 {
+                return Err(BuildError::ZeroSize(name));
+            }
+        }
+        let storage = self
+            .storage
+            .unwrap_or_else(|| Arc::new(MemoryStorage::new()));
+        Ok(DurableStreamsService {
+            inner: Arc::new(Inner {
+                engine: Engine::new(storage, self.max_read_bytes),
+                base_path: self.base_path,
+                long_poll_timeout: self.long_poll_timeout,
+                sse_reconnect_interval: self.sse_reconnect_interval,
+                cursor: CursorClock::new(self.cursor_interval),
+                max_append_bytes: self.max_append_bytes,
+                cache_policy: self.cache_policy,
+            }),
+        })
+    }
+}
+
+/// The Durable Streams protocol as a tower [`Service`](tower_service::Service).
+///
+/// Cheap to clone (all clones share one engine). Accepts any request body that
+/// yields [`Bytes`]; answers every request, including refusals, with a response
+/// (`Error = Infallible`).
+///
+/// ```
+/// use http::Request;
+/// use http_body_util::Full;
+/// use bytes::Bytes;
+/// use tower::ServiceExt;
+/// use tower_durable_streams::DurableStreamsService;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let service = DurableStreamsService::builder().build().unwrap();
+/// let create = Request::put("/greetings")
+///     .header("content-type", "text/plain")
+///     .body(Full::new(Bytes::from("hello")))
+///     .unwrap();
+/// let response = service.clone().oneshot(create).await.unwrap();
+/// assert_eq!(response.status(), 201);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct DurableStreamsService {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for DurableStreamsService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DurableStreamsService")
+            .field("engine", &self.inner.engine)
+            .field("base_path", &self.inner.base_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DurableStreamsService {
+    /// Starts configuring a service.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Loads the storage's streams now instead of on the first request, and
+    /// reports a storage that cannot be opened.
+    pub async fn ready(&self) -> Result<(), crate::engine::EngineError> {
+        self.inner.engine.ready().await
+    }
+}
+
+pub(crate) struct Inner {
+    engine: Engine,
+    base_path: Option<String>,
+    long_poll_timeout: Duration,
+    sse_reconnect_interval: Duration,
+    cursor: CursorClock,
+    max_append_bytes: usize,
+    cache_policy: CachePolicy,
+}
+
+impl<B> tower_service::Service<Request<B>> for DurableStreamsService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> ResponseFuture {
+        let inner = self.inner.clone();
+        ResponseFuture::new(async move {
+            let mut response = match handle(inner, request).await {
+                Ok(response) => response,
+                Err(problem) => problem.into_response(),
+            };
+            let headers = response.headers_mut();
+            headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            headers.insert(
+                "cross-origin-resource-policy",
+                HeaderValue::from_static("cross-origin"),
+            );
+            response
+        })
+    }
+}
+
+async fn handle<B>(
+    inner: Arc<Inner>,
+    request: Request<B>,
+) -> Result<Response<ResponseBody>, Problem>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let key = stream_key(request.uri().path(), inner.base_path.as_deref())?;
+    match *request.method() {
+        Method::PUT => create(inner, key, request).await,
+        Method::POST => append(inner, key, request).await,
+        Method::GET => read(inner, key, request).await,
+        Method::HEAD => head(inner, key).await,
+        Method::DELETE => {
+            inner.engine.delete(&key).await?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        Method::OPTIONS => {
+            let mut response = empty(StatusCode::NO_CONTENT);
+            response.headers_mut().insert(ALLOW, allowed());
+            Ok(response)
+        }
+        _ => Err(Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            format!("{} is not a Durable Streams operation", request.method()),
+        )
+        .header(ALLOW, "GET, HEAD, PUT, POST, DELETE, OPTIONS")),
+    }
+}
+
+fn allowed() -> HeaderValue {
+    HeaderValue::from_static("GET, HEAD, PUT, POST, DELETE, OPTIONS")
+}
+
+fn empty(status: StatusCode) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::default());
+    *response.status_mut() = status;
+    response
+}
+
+fn set(headers: &mut HeaderMap, name: http::HeaderName, value: impl ToString) {
+    if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
+        headers.insert(name, value);
+    }
+}
+
+/// Reads a request body up to the configured limit (413 beyond it).
+async fn body_bytes<B>(
+    inner: &Inner,
+    request: Request<B>,
+) -> Result<(http::request::Parts, Bytes), Problem>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("request body exceeds {} bytes", inner.max_append_bytes),
+        )
+    };
+    let declared =
+        header_str(request.headers(), &CONTENT_LENGTH)?.and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > inner.max_append_bytes as u64) {
+        return Err(too_large());
+    }
+    let (parts, body) = request.into_parts();
+    let collected = Limited::new(body, inner.max_append_bytes)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                Problem::bad_request(format!("could not read the request body: {e}"))
+            }
+        })?;
+    Ok((parts, collected.to_bytes()))
+}
+
+fn content_type(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    match header_str(headers, &CONTENT_TYPE)? {
+        Some(ct) if !is_valid_content_type(ct) => Err(Problem::bad_request(format!(
+            "Content-Type {ct:?} is not a valid media type"
+        ))),
+        other => Ok(other.map(str::to_owned)),
+    }
+}
+
+fn closed_flag(headers: &HeaderMap) -> bool {
+    headers
+        .get(STREAM_CLOSED)
+        .is_some_and(|v| is_true_flag(v.as_bytes()))
+}
+
+async fn create<B>(
+    inner: Arc<Inner>,
+    key: String,
+    request: Request<B>,
+) -> Result<Response<ResponseBody>, Problem>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let headers = request.headers();
+    let content_type = content_type(headers)?;
+    let ttl = header_str(headers, &STREAM_TTL)?
+        .map(parse_ttl)
+        .transpose()
+        .map_err(bad)?;
+    let expires_at = header_str(headers, &STREAM_EXPIRES_AT)?
+        .map(parse_expires_at)
+        .transpose()
+        .map_err(bad)?;
+    let expiry = match (ttl, expires_at) {
+        (Some(_), Some(_)) => {
+            return Err(Problem::bad_request(
+                "Stream-TTL and Stream-Expires-At must not be used together",
+            ))
+        }
+        (Some(ttl), None) => Expiry::Ttl(ttl),
+        (None, Some(at)) if at <= time::OffsetDateTime::now_utc() => {
+            return Err(Problem::bad_request("Stream-Expires-At is in the past"))
+        }
+        (None, Some(at)) => Expiry::At(at),
+        (None, None) => Expiry::Never,
+    };
+    let fork_offset = header_str(headers, &STREAM_FORK_OFFSET)?
+        .map(|v| v.parse::<Offset>())
+        .transpose()
+        .map_err(|_| Problem::bad_request("Stream-Fork-Offset is not a valid offset"))?;
+    let sub_offset = header_str(headers, &STREAM_FORK_SUB_OFFSET)?
+        .map(parse_sub_offset)
+        .transpose()
+        .map_err(bad)?;
+    let fork = match header_str(headers, &STREAM_FORKED_FROM)? {
+        Some(source) => {
+            let source = fork_source_key(source, inner.base_path.as_deref())?;
+            if sub_offset.unwrap_or(0) > 0 && fork_offset.is_none() {
+                return Err(Problem::bad_request(
+                    "Stream-Fork-Sub-Offset requires Stream-Fork-Offset",
+                ));
+            }
+            Some(ForkRequest {
+                source,
+                offset: fork_offset.map(Offset::position),
+                sub_offset: sub_offset.unwrap_or(0),
+            })
+        }
+        None if fork_offset.is_some() || sub_offset.is_some() => {
+            return Err(Problem::bad_request(
+                "Stream-Fork-Offset and Stream-Fork-Sub-Offset require Stream-Forked-From",
+            ))
+        }
+        None => None,
+    };
+    let closed = closed_flag(headers);
+    let location = location(&inner, &request, &key);
+    let (_, body) = body_bytes(&inner, request).await?;
+    let created = inner
+        .engine
+        .create(
+            &key,
+            CreateRequest {
+                content_type,
+                expiry,
+                closed,
+                body,
+                fork,
+            },
+        )
+        .await?;
+    let mut response = empty(if created.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    });
+    let headers = response.headers_mut();
+    set(headers, CONTENT_TYPE, &created.config.content_type);
+    set(headers, STREAM_NEXT_OFFSET, Offset::new(created.tail));
+    if created.closed {
+        headers.insert(STREAM_CLOSED, HeaderValue::from_static("true"));
+    }
+    if created.created {
+        if let Some(location) = location {
+            set(headers, LOCATION, location);
+        }
+    }
+    Ok(response)
+}
+
+fn bad(error: crate::protocol::HeaderError) -> Problem {
+    Problem::bad_request(error.to_string())
+}
+
+/// The absolute URL of a stream, from the request's scheme and `Host`.
+fn location<B>(inner: &Inner, request: &Request<B>, key: &str) -> Option<String> {
+    let host = request
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))?;
+    let scheme = request.uri().scheme_str().unwrap_or("http");
+    let base = inner.base_path.as_deref().unwrap_or("");
+    Some(format!("{scheme}://{host}{base}{key}"))
+}
+
+async fn append<B>(
+    inner: Arc<Inner>,
+    key: String,
+    request: Request<B>,
+) -> Result<Response<ResponseBody>, Problem>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let headers = request.headers();
+    let producer = parse_producer(
+        header_str(headers, &PRODUCER_ID)?,
+        header_str(headers, &PRODUCER_EPOCH)?,
+        header_str(headers, &PRODUCER_SEQ)?,
+    )
+    .map_err(bad)?;
+    let stream_seq = header_str(headers, &STREAM_SEQ)?.map(str::to_owned);
+    let close = closed_flag(headers);
+    let content_type = header_str(headers, &CONTENT_TYPE)?.map(str::to_owned);
+    let (_, body) = body_bytes(&inner, request).await?;
+    if body.is_empty() && !close {
+        return Err(Problem::bad_request(
+            "an append needs a non-empty body (or Stream-Closed: true to close)",
+        ));
+    }
+    if !body.is_empty() {
+        match &content_type {
+            None => {
+                return Err(Problem::bad_request(
+                    "an append with a body needs a Content-Type",
+                ))
+            }
+            Some(ct) if !is_valid_content_type(ct) => {
+                return Err(Problem::bad_request(format!(
+                    "Content-Type {ct:?} is not a valid media type"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    let has_body = !body.is_empty();
+    let with_producer = producer.is_some();
+    let appended = inner
+        .engine
+        .append(
+            &key,
+            AppendRequest {
+                content_type,
+                body,
+                close,
+                stream_seq,
+                producer,
+            },
+        )
+        .await?;
+    let status = if appended.kind == AppendKind::Written && with_producer && has_body {
+        StatusCode::OK
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    let mut response = empty(status);
+    let headers = response.headers_mut();
+    set(headers, STREAM_NEXT_OFFSET, Offset::new(appended.tail));
+    if appended.closed {
+        headers.insert(STREAM_CLOSED, HeaderValue::from_static("true"));
+    }
+    if let Some((epoch, seq)) = appended.producer {
+        set(headers, PRODUCER_EPOCH, epoch);
+        set(headers, PRODUCER_SEQ, seq);
+    }
+    Ok(response)
+}
+
+async fn head(inner: Arc<Inner>, key: String) -> Result<Response<ResponseBody>, Problem> {
+    let view = inner.engine.head(&key).await?;
+    let config = view
+        .config
+        .clone()
+        .ok_or_else(|| Problem::from(crate::engine::EngineError::NotFound))?;
+    let mut response = empty(StatusCode::OK);
+    let headers = response.headers_mut();
+    set(headers, CONTENT_TYPE, &config.content_type);
+    set(headers, STREAM_NEXT_OFFSET, Offset::new(view.tail));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    match config.expiry {
+        Expiry::Never => {}
+        Expiry::Ttl(secs) => set(headers, STREAM_TTL, secs),
+        Expiry::At(at) => set(headers, STREAM_EXPIRES_AT, format_rfc3339(at)),
+    }
+    if view.closed {
+        headers.insert(STREAM_CLOSED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+async fn read<B>(
+    inner: Arc<Inner>,
+    key: String,
+    request: Request<B>,
+) -> Result<Response<ResponseBody>, Problem> {
+    let query = parse_query(request.uri().query())?;
+    let from = match query.offset.as_deref() {
+        Some(value) => Some(ReadFrom::parse(value).map_err(|_| {
+            Problem::bad_request(format!(
+                "offset {value:?} is not -1, now, or an offset returned by this server"
+            ))
+        })?),
+        None => None,
+    };
+    match query.live.as_deref() {
+        None => {
+            let from = from.unwrap_or(ReadFrom::Start);
+            let result = inner.engine.read(&key, from).await?;
+            let if_none_match = request
+                .headers()
+                .get(IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok());
+            Ok(catch_up_response(
+                &inner,
+                result,
+                if_none_match.filter(|_| from != ReadFrom::Now),
+            )
+            .map(|body| body))
+            .map(|mut response| {
+                if from == ReadFrom::Now {
+                    let headers = response.headers_mut();
+                    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    headers.remove(ETAG);
+                }
+                response
+            })
+        }
+        Some(mode @ ("long-poll" | "sse")) => {
+            let from = from.ok_or_else(|| {
+                Problem::bad_request(format!("live={mode} requires an offset parameter"))
+            })?;
+            if mode == "sse" {
+                live::sse(inner, key, from, query.cursor).await
+            } else {
+                live::long_poll(inner, key, from, query.cursor).await
+            }
+        }
+        Some(other) => Err(Problem::bad_request(format!(
+            "live={other:?} is not a read mode; use long-poll or sse"
+        ))),
+    }
+}
+
+/// The 200 (or 304) of a read that returns data from `result`.
+pub(crate) fn catch_up_response(
+    inner: &Inner,
+    result: ReadResult,
+    if_none_match: Option<&str>,
+) -> Response<ResponseBody> {
+    let up_to_date = result.up_to_date();
+    let closed = result.closed && up_to_date;
+    let tag = etag(
+        result.config.id,
+        Offset::new(result.start),
+        Offset::new(result.end),
+        closed,
+    );
+    let not_modified = if_none_match.is_some_and(|v| etag_matches(v, &tag));
+    let mut response = if not_modified {
+        empty(StatusCode::NOT_MODIFIED)
+    } else if is_json(&result.config.content_type) {
+        Response::new(ResponseBody::chunks(json_read_frame(result.data)))
+    } else {
+        Response::new(ResponseBody::chunks(result.data))
+    };
+    let headers = response.headers_mut();
+    set(headers, CONTENT_TYPE, &result.config.content_type);
+    set(headers, STREAM_NEXT_OFFSET, Offset::new(result.end));
+    set(headers, ETAG, tag);
+    headers.insert(CACHE_CONTROL, inner.cache_policy.header());
+    if up_to_date {
+        headers.insert(STREAM_UP_TO_DATE, HeaderValue::from_static("true"));
+    }
+    if closed {
+        headers.insert(STREAM_CLOSED, HeaderValue::from_static("true"));
+    }
+    response
+}

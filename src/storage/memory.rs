@@ -1,0 +1,228 @@
+//! In-memory storage: fast, shared by clones, gone when the process exits.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use super::{
+    Append, AppendFuture, CreateOutcome, Cut, ReadChunk, Storage, StorageError, StorageFuture,
+    StreamRecord,
+};
+
+/// Keeps every stream in memory as the `Bytes` of its appends; reads hand out
+/// slices of them, never a concatenated copy.
+///
+/// Cloning a `MemoryStorage` gives another handle to the same streams.
+///
+/// ```
+/// use tower_durable_streams::{DurableStreamsService, MemoryStorage};
+///
+/// let service = DurableStreamsService::builder()
+///     .storage(MemoryStorage::new())
+///     .build()
+///     .unwrap();
+/// # let _ = service;
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStorage {
+    streams: Arc<RwLock<HashMap<String, Arc<RwLock<MemStream>>>>>,
+}
+
+#[derive(Debug)]
+struct MemStream {
+    record: StreamRecord,
+    /// Start position of each append, ascending.
+    starts: Vec<u64>,
+    /// The bytes of each append.
+    chunks: Vec<Bytes>,
+    /// Total bytes held.
+    bytes: usize,
+}
+
+impl MemoryStorage {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Total bytes of stream data held.
+    pub fn data_bytes(&self) -> usize {
+        let streams = self.streams.read().unwrap_or_else(|e| e.into_inner());
+        streams
+            .values()
+            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).bytes)
+            .sum()
+    }
+
+    fn stream(&self, key: &str) -> Result<Arc<RwLock<MemStream>>, StorageError> {
+        let streams = self.streams.read().unwrap_or_else(|e| e.into_inner());
+        streams.get(key).cloned().ok_or(StorageError::NotFound)
+    }
+
+    fn apply(&self, key: &str, append: Append) -> Result<(), StorageError> {
+        let stream = self.stream(key)?;
+        let mut stream = stream.write().unwrap_or_else(|e| e.into_inner());
+        if stream.record.config.id != append.stream_id {
+            return Err(StorageError::NotFound);
+        }
+        if stream.record.tail != append.expected_tail || stream.record.closed {
+            return Err(StorageError::Conflict {
+                actual_tail: stream.record.tail,
+            });
+        }
+        let stream = &mut *stream;
+        if !append.data.is_empty() {
+            stream.starts.push(stream.record.tail);
+            stream.record.tail += append.data.len() as u64;
+            stream.bytes += append.data.len();
+            stream.chunks.push(append.data);
+        }
+        if let Some(seq) = append.stream_seq {
+            stream.record.stream_seq = Some(seq);
+        }
+        if let Some((id, state)) = append.producer {
+            stream.record.producers.insert(id, state);
+        }
+        if let Some(closed_by) = append.close {
+            stream.record.closed = true;
+            stream.record.closed_by = closed_by;
+        }
+        Ok(())
+    }
+}
+
+impl MemStream {
+    fn read(&self, from: u64, to: u64, max_bytes: usize, cut: Cut) -> ReadChunk {
+        let mut chunk = ReadChunk {
+            data: Vec::new(),
+            end: from,
+        };
+        let first = self.starts.partition_point(|&start| start <= from);
+        let Some(mut index) = first.checked_sub(1) else {
+            return chunk;
+        };
+        let mut budget = max_bytes.max(1);
+        while index < self.chunks.len() && chunk.end < to {
+            let start = self.starts[index];
+            let bytes = &self.chunks[index];
+            let record_end = start + bytes.len() as u64;
+            let lo = (chunk.end - start) as usize;
+            let mut hi = (record_end.min(to) - start) as usize;
+            if cut == Cut::AnyByte {
+                hi = hi.min(lo.saturating_add(budget));
+            } else if !chunk.data.is_empty() && hi - lo > budget {
+                break;
+            }
+            chunk.data.push(bytes.slice(lo..hi));
+            chunk.end = start + hi as u64;
+            budget = budget.saturating_sub(hi - lo);
+            if budget == 0 {
+                break;
+            }
+            index += 1;
+        }
+        chunk
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn load(&self) -> StorageFuture<'_, Vec<(String, StreamRecord)>> {
+        let streams = self.streams.read().unwrap_or_else(|e| e.into_inner());
+        let all = streams
+            .iter()
+            .map(|(key, s)| {
+                let s = s.read().unwrap_or_else(|e| e.into_inner());
+                (key.clone(), s.record.clone())
+            })
+            .collect();
+        Box::pin(async move { Ok(all) })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StorageFuture<'a, Option<StreamRecord>> {
+        let record = self
+            .stream(key)
+            .ok()
+            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).record.clone());
+        Box::pin(async move { Ok(record) })
+    }
+
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        mut record: StreamRecord,
+        initial: Bytes,
+    ) -> StorageFuture<'a, CreateOutcome> {
+        let mut streams = self.streams.write().unwrap_or_else(|e| e.into_inner());
+        let outcome = if let Some(existing) = streams.get(key) {
+            let existing = existing.read().unwrap_or_else(|e| e.into_inner());
+            CreateOutcome::Exists(Box::new(existing.record.clone()))
+        } else {
+            let mut stream = MemStream {
+                starts: Vec::new(),
+                chunks: Vec::new(),
+                bytes: initial.len(),
+                record: StreamRecord {
+                    tail: record.tail,
+                    ..record.clone()
+                },
+            };
+            if !initial.is_empty() {
+                stream.starts.push(record.tail);
+                record.tail += initial.len() as u64;
+                stream.record.tail = record.tail;
+                stream.chunks.push(initial);
+            }
+            streams.insert(key.to_owned(), Arc::new(RwLock::new(stream)));
+            CreateOutcome::Created
+        };
+        Box::pin(async move { Ok(outcome) })
+    }
+
+    fn append(&self, key: &str, append: Append) -> AppendFuture {
+        let result = self.apply(key, append);
+        Box::pin(async move { result })
+    }
+
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+        cut: Cut,
+    ) -> StorageFuture<'a, ReadChunk> {
+        let result = self.stream(key).map(|s| {
+            let s = s.read().unwrap_or_else(|e| e.into_inner());
+            s.read(from, to.min(s.record.tail), max_bytes, cut)
+        });
+        Box::pin(async move { result })
+    }
+
+    fn soft_delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()> {
+        let result = self.stream(key).map(|s| {
+            s.write()
+                .unwrap_or_else(|e| e.into_inner())
+                .record
+                .soft_deleted = true;
+        });
+        Box::pin(async move { result })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()> {
+        let removed = self
+            .streams
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        let result = removed.map(drop).ok_or(StorageError::NotFound);
+        Box::pin(async move { result })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::storage_testkit!(MemoryStorage::new());
+}
