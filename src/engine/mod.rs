@@ -955,7 +955,8 @@ impl Engine {
             budget = budget.saturating_sub((chunk.end - out.end) as usize);
             out.end = chunk.end;
             out.data.extend(chunk.data);
-            if cut == Cut::RecordBoundary && budget == 0 {
+            if out.end < seg_to {
+                // The backend stopped early: the budget is spent.
                 break;
             }
         }
