@@ -1,9 +1,10 @@
-//! A standalone Durable Streams server on port 4437 with in-memory storage.
+//! A standalone Durable Streams server on port 4437.
 //!
 //! Run it with:
 //!
 //! ```text
 //! cargo run --release --example server
+//! cargo run --release --features redb --example server   # to offer DS_STORAGE__MODE=acid
 //! ```
 //!
 //! Streams live under `http://localhost:4437/v1/stream/`. Settings come from the
@@ -16,12 +17,16 @@
 //! | `DS_SERVER__LONG_POLL_TIMEOUT_SECS` | `30` | how long a long-poll waits before 204 |
 //! | `DS_SERVER__SSE_RECONNECT_INTERVAL_SECS` | `60` | how long an SSE response stays open |
 //! | `DS_HTTP__CORS_ORIGINS` | `*` | allowed browser origins, comma-separated, or `*` |
+//! | `DS_STORAGE__MODE` | `memory` | `memory`, `file-fast`, `file-durable`, or `acid` (alias `redb`) |
+//! | `DS_STORAGE__DATA_DIR` | `./data/streams` | where the file and acid modes keep their data |
+//! | `DS_STORAGE__ACID_SHARD_COUNT` | `16` | redb shards in acid mode: a power of two from 1 to 256 |
 //! | `RUST_LOG` | `info` | log filter (tracing-subscriber syntax) |
 //!
 //! A bad value stops the server at start with a message naming the variable.
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -32,14 +37,41 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower_durable_streams::protocol::{REQUEST_HEADERS, RESPONSE_HEADERS};
-use tower_durable_streams::{DurableStreamsService, MemoryStorage};
+use tower_durable_streams::storage::{Durability, FileStorage};
+use tower_durable_streams::{DurableStreamsService, MemoryStorage, Storage};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 /// The mount point of the protocol.
 const BASE_PATH: &str = "/v1/stream";
 
+/// Where streams are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Memory,
+    FileFast,
+    FileDurable,
+    Acid,
+}
+
+impl FromStr for Mode {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "memory" => Ok(Mode::Memory),
+            "file-fast" => Ok(Mode::FileFast),
+            "file-durable" => Ok(Mode::FileDurable),
+            "acid" | "redb" => Ok(Mode::Acid),
+            _ => Err(()),
+        }
+    }
+}
+
 struct Settings {
+    mode: Mode,
+    data_dir: std::path::PathBuf,
+    shard_count: usize,
     host: IpAddr,
     port: u16,
     long_poll_timeout: Duration,
@@ -82,7 +114,28 @@ impl Settings {
                 })
                 .collect::<Result<_, _>>()?
         };
+        let shard_count: usize = env_or(
+            "DS_STORAGE__ACID_SHARD_COUNT",
+            16,
+            "a power of two from 1 to 256",
+        )?;
+        if !(1..=256).contains(&shard_count) || !shard_count.is_power_of_two() {
+            return Err(format!(
+                "DS_STORAGE__ACID_SHARD_COUNT: invalid value {shard_count}: expected a power of two from 1 to 256"
+            ));
+        }
         Ok(Settings {
+            mode: env_or(
+                "DS_STORAGE__MODE",
+                Mode::Memory,
+                "memory, file-fast, file-durable, acid or redb",
+            )?,
+            data_dir: env_or(
+                "DS_STORAGE__DATA_DIR",
+                "./data/streams".into(),
+                "a directory path",
+            )?,
+            shard_count,
             host: env_or(
                 "DS_SERVER__HOST",
                 IpAddr::from([127, 0, 0, 1]),
@@ -92,6 +145,38 @@ impl Settings {
             long_poll_timeout: positive_secs("DS_SERVER__LONG_POLL_TIMEOUT_SECS", 30)?,
             sse_reconnect_interval: positive_secs("DS_SERVER__SSE_RECONNECT_INTERVAL_SECS", 60)?,
             cors_origins,
+        })
+    }
+
+    fn storage(&self) -> Result<Arc<dyn Storage>, String> {
+        fn shared(storage: impl Storage) -> Arc<dyn Storage> {
+            Arc::new(storage)
+        }
+        let dir = &self.data_dir;
+        let opened = match self.mode {
+            Mode::Memory => return Ok(shared(MemoryStorage::new())),
+            Mode::FileFast => FileStorage::open(dir, Durability::Buffered).map(shared),
+            Mode::FileDurable => FileStorage::open(dir, Durability::Fsync).map(shared),
+            #[cfg(feature = "redb")]
+            Mode::Acid => {
+                tower_durable_streams::storage::RedbStorage::open(dir, self.shard_count).map(shared)
+            }
+            #[cfg(not(feature = "redb"))]
+            Mode::Acid => {
+                let _ = self.shard_count;
+                return Err("DS_STORAGE__MODE=acid needs the redb feature: \
+                            cargo run --release --features redb --example server"
+                    .into());
+            }
+        };
+        opened.map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            format!(
+                "cannot open storage in {} (DS_STORAGE__DATA_DIR): {e}{cause}",
+                dir.display()
+            )
         })
     }
 
@@ -130,13 +215,25 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let storage = match settings.storage() {
+        Ok(storage) => storage,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
+    };
     let streams = DurableStreamsService::builder()
-        .storage(MemoryStorage::new())
+        .storage_arc(storage)
         .base_path(BASE_PATH)
         .long_poll_timeout(settings.long_poll_timeout)
         .sse_reconnect_interval(settings.sse_reconnect_interval)
         .build()
         .expect("settings were validated above");
+    if let Err(e) = streams.ready().await {
+        eprintln!("error: cannot load streams from storage: {e}");
+        std::process::exit(1);
+    }
+    tracing::info!(mode = ?settings.mode, "storage ready");
     let app = Router::new()
         .nest_service(BASE_PATH, streams)
         .layer(settings.cors())

@@ -11,14 +11,19 @@ step() { printf '\n==> %s\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --all-targets --all-features -- -D warnings"
+cargo clippy --all-targets --all-features -- -D warnings
 
-step "cargo test"
-cargo test
+step "cargo check --lib (no optional features)"
+cargo check --lib --no-default-features
+
+step "cargo test --all-features"
+cargo test --all-features
 
 step "conformance suite (npm @durable-streams/server-conformance-tests, pinned)"
 if [ ! -d tests/conformance/node_modules/@durable-streams/server-conformance-tests ]; then
   npm ci --prefix tests/conformance --no-audit --no-fund
 fi
-node tests/conformance/run.mjs
+for mode in memory file-fast file-durable acid; do
+  node tests/conformance/run.mjs "$mode"
+done

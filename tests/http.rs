@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use http::{Method, StatusCode};
+use tower_durable_streams::storage::{Durability, FileStorage};
 use tower_durable_streams::{DurableStreamsService, MemoryStorage, Storage};
 
 fn service_over(storage: impl Storage) -> DurableStreamsService {
@@ -20,8 +21,22 @@ fn service_over(storage: impl Storage) -> DurableStreamsService {
         .expect("valid settings")
 }
 
-/// Runs every case in `cases` against the service that `$make` builds.
+/// Runs every case in `cases` against the service that `$make` builds. Cases
+/// that need paused time run only for backends marked `with paused time`: a
+/// backend that waits on its own threads would let paused time jump ahead.
 macro_rules! protocol_tests {
+    ($backend:ident => $make:expr, with paused time) => {
+        protocol_tests!($backend => $make);
+        mod paused {
+            use super::*;
+            protocol_tests!(@paused $make;
+                long_poll_times_out_with_204,
+                long_poll_wakes_on_append,
+                sse_frames,
+                sse_holds_back_split_characters
+            );
+        }
+    };
     ($backend:ident => $make:expr) => {
         mod $backend {
             use super::*;
@@ -45,12 +60,10 @@ macro_rules! protocol_tests {
                 reserved_and_bad_paths,
                 method_not_allowed,
                 payload_too_large,
-                security_headers_on_errors
-            );
-            protocol_tests!(@paused $make;
-                long_poll_times_out_with_204,
+                security_headers_on_errors,
+                recreating_an_expired_fork,
                 long_poll_wakes_on_append,
-                sse_frames
+                closed_stream_dedups_only_the_closing_request
             );
         }
     };
@@ -72,7 +85,21 @@ macro_rules! protocol_tests {
     };
 }
 
-protocol_tests!(memory => MemoryStorage::new());
+protocol_tests!(memory => MemoryStorage::new(), with paused time);
+protocol_tests!(file_fast => file_storage(Durability::Buffered));
+protocol_tests!(file_durable => file_storage(Durability::Fsync));
+
+#[cfg(feature = "redb")]
+protocol_tests!(acid => tower_durable_streams::storage::RedbStorage::open(
+    tempfile::tempdir().expect("temp dir").keep(),
+    4
+)
+.expect("open redb storage"));
+
+fn file_storage(durability: Durability) -> FileStorage {
+    let dir = tempfile::tempdir().expect("temp dir").keep();
+    FileStorage::open(dir, durability).expect("open file storage")
+}
 
 mod cases {
     use super::*;
@@ -735,6 +762,87 @@ mod cases {
             reply.header("cross-origin-resource-policy"),
             Some("cross-origin")
         );
+    }
+
+    pub async fn recreating_an_expired_fork(svc: DurableStreamsService) {
+        put(&svc, "/v1/stream/src", "text/plain", b"x").await;
+        let fork = [
+            ("stream-forked-from", "/v1/stream/src"),
+            ("stream-ttl", "0"),
+        ];
+        assert_eq!(
+            send(&svc, Method::PUT, "/v1/stream/f", &fork, b"")
+                .await
+                .status,
+            StatusCode::CREATED
+        );
+        // The fork has expired; creating it again must neither hang nor leak a reference.
+        let again = tokio::time::timeout(
+            Duration::from_secs(5),
+            send(&svc, Method::PUT, "/v1/stream/f", &fork, b""),
+        )
+        .await;
+        assert_eq!(again.expect("no deadlock").status, StatusCode::CREATED);
+        assert_eq!(
+            send(&svc, Method::DELETE, "/v1/stream/src", &[], b"")
+                .await
+                .status,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            send(&svc, Method::HEAD, "/v1/stream/src", &[], b"")
+                .await
+                .status,
+            StatusCode::GONE
+        );
+    }
+
+    pub async fn closed_stream_dedups_only_the_closing_request(svc: DurableStreamsService) {
+        put(&svc, S, "text/plain", b"").await;
+        let p = |seq: &'static str| {
+            [
+                ("content-type", "text/plain"),
+                ("producer-id", "p"),
+                ("producer-epoch", "0"),
+                ("producer-seq", seq),
+            ]
+        };
+        assert_eq!(
+            send(&svc, Method::POST, S, &p("0"), b"a").await.status,
+            StatusCode::OK
+        );
+        let mut closing = p("1").to_vec();
+        closing.push(("stream-closed", "true"));
+        assert_eq!(
+            send(&svc, Method::POST, S, &closing, b"b").await.status,
+            StatusCode::OK
+        );
+        let earlier = send(&svc, Method::POST, S, &p("0"), b"a").await;
+        assert_eq!(
+            (earlier.status, earlier.header("stream-closed")),
+            (StatusCode::CONFLICT, Some("true"))
+        );
+        let retry = send(&svc, Method::POST, S, &closing, b"b").await;
+        assert_eq!(
+            (retry.status, retry.header("producer-seq")),
+            (StatusCode::NO_CONTENT, Some("1"))
+        );
+    }
+
+    pub async fn sse_holds_back_split_characters(svc: DurableStreamsService) {
+        let euro = "€".as_bytes();
+        put(&svc, S, "text/plain", &euro[..2]).await;
+        let response = open(&svc, &format!("{S}?offset=-1&live=sse")).await;
+        let mut body = response.into_body();
+        let first = next_frame(&mut body).await.expect("control");
+        assert!(
+            first.starts_with("event: control"),
+            "only a control event yet: {first}"
+        );
+        assert!(first.contains("0000000000000000_0000000000000000"));
+        post(&svc, S, "text/plain", &euro[2..]).await;
+        let second = next_frame(&mut body).await.expect("data");
+        assert!(second.starts_with("event: data\ndata:€\n"), "{second}");
     }
 
     pub async fn long_poll_times_out_with_204(svc: DurableStreamsService) {

@@ -134,6 +134,8 @@ struct Handle {
     last_access_ms: AtomicU64,
     /// Removed from the map; holders must look the key up again.
     detached: AtomicBool,
+    /// Appends that failed in storage; duplicates waiting on them give up.
+    failures: AtomicU64,
 }
 
 impl Handle {
@@ -144,6 +146,7 @@ impl Handle {
             view,
             last_access_ms: AtomicU64::new(now_ms()),
             detached: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
         })
     }
 
@@ -156,6 +159,10 @@ impl Handle {
     }
 
     fn expired(&self, config: &StreamConfig) -> bool {
+        if self.view.receiver_count() > 0 {
+            // Live readers keep a stream alive (section 5.1).
+            self.touch();
+        }
         match config.expiry {
             Expiry::Never => false,
             Expiry::Ttl(secs) => {
@@ -387,11 +394,15 @@ impl Engine {
         }
     }
 
-    /// Drops the handle of a removed stream from the map when nobody else holds it.
-    fn maybe_forget(&self, key: &str, handle: &Arc<Handle>) {
+    /// Removes the handle of a stream that no longer exists from the map. Called
+    /// with the handle's writer lock held, so nobody can create the stream in the
+    /// meantime; holders of the old handle see `detached` and look the key up again.
+    fn forget_locked(&self, key: &str, handle: &Arc<Handle>, writer: &OwnedWriter) {
+        if writer.get().record.is_some() || writer.get().ref_count > 0 {
+            return;
+        }
         let mut shard = self.shard(key).write().unwrap_or_else(|e| e.into_inner());
-        if shard.get(key).is_some_and(|h| Arc::ptr_eq(h, handle)) && Arc::strong_count(handle) <= 2
-        {
+        if shard.get(key).is_some_and(|h| Arc::ptr_eq(h, handle)) {
             handle.detached.store(true, Ordering::Release);
             shard.remove(key);
         }
@@ -399,15 +410,17 @@ impl Engine {
 
     /// The current view of `key`, after expiring it if its time has come.
     async fn live_view(&self, key: &str) -> Result<(Arc<Handle>, View), EngineError> {
-        let handle = self.existing(key).ok_or(EngineError::NotFound)?;
-        let view = handle.view.borrow().clone();
-        let config = view.config.clone().ok_or(EngineError::NotFound)?;
-        if !view.soft_deleted && handle.expired(&config) {
-            self.expire(key).await?;
+        let due = {
             let handle = self.existing(key).ok_or(EngineError::NotFound)?;
             let view = handle.view.borrow().clone();
-            return Ok((handle, view));
+            let config = view.config.clone().ok_or(EngineError::NotFound)?;
+            !view.soft_deleted && handle.expired(&config)
+        };
+        if due {
+            self.expire(key).await?;
         }
+        let handle = self.existing(key).ok_or(EngineError::NotFound)?;
+        let view = handle.view.borrow().clone();
         Ok((handle, view))
     }
 
@@ -428,6 +441,35 @@ impl Engine {
         Ok(())
     }
 
+    /// Expires every stream whose time has come; returns how many were found due.
+    /// The service runs this periodically so that expired streams are cleaned up
+    /// without a request having to touch them.
+    pub async fn sweep_expired(&self) -> usize {
+        let due: Vec<String> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+                shard
+                    .iter()
+                    .filter(|(_, h)| {
+                        let view = h.view.borrow();
+                        view.config
+                            .as_ref()
+                            .is_some_and(|c| !view.soft_deleted && h.expired(c))
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for key in &due {
+            if let Err(e) = self.expire(key).await {
+                tracing::warn!(stream = %key, error = %e, "could not expire stream");
+            }
+        }
+        due.len()
+    }
+
     /// A stream's metadata, for `HEAD`. Does not renew a TTL.
     pub async fn head(&self, key: &str) -> Result<View, EngineError> {
         self.ready().await?;
@@ -440,38 +482,26 @@ impl Engine {
     }
 
     /// Subscribes to `key`'s view, to wait for appends, closure or deletion.
+    /// A stream with subscribers does not expire.
     pub fn subscribe(&self, key: &str) -> Option<watch::Receiver<View>> {
         self.existing(key).map(|h| h.view.subscribe())
     }
 
-    /// Renews `key`'s sliding TTL (live reads renew once when they start).
+    /// Renews `key`'s sliding TTL.
     pub fn touch(&self, key: &str) {
         if let Some(handle) = self.existing(key) {
             handle.touch();
         }
     }
 
-    /// The time until `key` expires, if it has an expiry.
-    pub fn expires_at(&self, key: &str) -> Option<OffsetDateTime> {
-        let handle = self.existing(key)?;
-        let config = handle.view.borrow().config.clone()?;
-        match config.expiry {
-            Expiry::Never => None,
-            Expiry::At(at) => Some(at),
-            Expiry::Ttl(secs) => {
-                let last = handle.last_access_ms.load(Ordering::Relaxed) as i128;
-                OffsetDateTime::from_unix_timestamp_nanos(
-                    (last + i128::from(secs) * 1000) * 1_000_000,
-                )
-                .ok()
-            }
-        }
-    }
-
     /// Creates a stream or a fork (`PUT`).
     pub async fn create(&self, key: &str, request: CreateRequest) -> Result<Created, EngineError> {
         self.ready().await?;
+        // Expire what is due first, outside any lock, so that creating never has
+        // to clean up (and take another stream's lock) while holding this one.
+        self.expire(key).await?;
         if let Some(fork) = &request.fork {
+            self.expire(&fork.source).await?;
             return self.create_fork(key, fork.clone(), request).await;
         }
         let content_type = request
@@ -480,63 +510,30 @@ impl Engine {
             .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned());
         let initial = initial_bytes(&content_type, request.body.clone())?;
         let (handle, mut writer) = self.lock(key, true).await.ok_or(EngineError::NotFound)?;
-        if let Some(existing) = self.existing_for_create(key, &handle, &mut writer).await? {
-            return matches_existing(
+        let result = match existing_live(&writer) {
+            Err(e) => Err(e),
+            Ok(Some(existing)) => matches_existing(
                 &existing,
                 &content_type,
                 request.expiry,
                 request.closed,
                 None,
-            );
-        }
-        let config = StreamConfig {
-            id: fastrand::u64(..),
-            content_type,
-            expiry: request.expiry,
-            fork: None,
-        };
-        let mut record = StreamRecord::new(config, 0);
-        record.closed = request.closed;
-        self.store_new(key, &handle, &mut writer, record, initial)
-            .await
-    }
-
-    /// Returns the live record at `key` (after expiring it if due), refusing soft-deleted ones.
-    async fn existing_for_create(
-        &self,
-        key: &str,
-        handle: &Arc<Handle>,
-        writer: &mut OwnedWriter,
-    ) -> Result<Option<StreamRecord>, EngineError> {
-        let Some(record) = writer.get().record.clone() else {
-            return Ok(None);
-        };
-        if record.soft_deleted {
-            return Err(EngineError::Conflict(
-                "a deleted stream at this path is still referenced by forks".into(),
-            ));
-        }
-        if handle.expired(&record.config) {
-            if writer.get().ref_count > 0 {
-                self.storage.soft_delete(key).await?;
-                let w = writer.get_mut();
-                if let Some(r) = w.record.as_mut() {
-                    r.soft_deleted = true;
-                }
-                handle.publish(w.record.as_ref());
-                return Err(EngineError::Conflict(
-                    "an expired stream at this path is still referenced by forks".into(),
-                ));
+            ),
+            Ok(None) => {
+                let config = StreamConfig {
+                    id: fastrand::u64(..),
+                    content_type,
+                    expiry: request.expiry,
+                    fork: None,
+                };
+                let mut record = StreamRecord::new(config, 0);
+                record.closed = request.closed;
+                self.store_new(key, &handle, &mut writer, record, initial)
+                    .await
             }
-            self.storage.delete(key).await?;
-            writer.get_mut().record = None;
-            handle.publish(None);
-            if let Some(fork) = &record.config.fork {
-                Box::pin(self.release(&fork.source)).await?;
-            }
-            return Ok(None);
-        }
-        Ok(Some(record))
+        };
+        self.forget_locked(key, &handle, &writer);
+        result
     }
 
     async fn store_new(
@@ -571,13 +568,12 @@ impl Engine {
                 let existing = *existing;
                 writer.get_mut().record = Some(existing.clone());
                 handle.publish(Some(&existing));
-                let fork = record.config.fork.as_ref();
                 matches_existing(
                     &existing,
                     &record.config.content_type,
                     record.config.expiry,
                     record.closed,
-                    fork,
+                    record.config.fork.as_ref(),
                 )
             }
         }
@@ -597,15 +593,59 @@ impl Engine {
         // Lock both streams in key order so concurrent forks cannot deadlock.
         let (target, source) = if key < fork.source.as_str() {
             let target = self.lock(key, true).await.ok_or(EngineError::NotFound)?;
-            let source = self.lock(&fork.source, false).await;
-            (target, source)
+            (target, self.lock(&fork.source, false).await)
         } else {
             let source = self.lock(&fork.source, false).await;
-            let target = self.lock(key, true).await.ok_or(EngineError::NotFound)?;
-            (target, source)
+            (
+                self.lock(key, true).await.ok_or(EngineError::NotFound)?,
+                source,
+            )
         };
         let (handle, mut writer) = target;
-        let (source_handle, mut source_writer) = source.ok_or(EngineError::NotFound)?;
+        let result = self
+            .create_fork_locked(key, &fork, &request, &handle, &mut writer, source)
+            .await;
+        self.forget_locked(key, &handle, &writer);
+        result
+    }
+
+    async fn create_fork_locked(
+        &self,
+        key: &str,
+        fork: &ForkRequest,
+        request: &CreateRequest,
+        handle: &Arc<Handle>,
+        writer: &mut OwnedWriter,
+        source: Option<(Arc<Handle>, OwnedWriter)>,
+    ) -> Result<Created, EngineError> {
+        // An existing fork is compared with what it was created with, whatever
+        // has happened to its source since.
+        if let Some(existing) = existing_live(writer)? {
+            let origin = existing.config.fork.as_ref();
+            let anchor = fork.offset.or(origin.map(|o| o.anchor)).unwrap_or_default();
+            let requested = ForkOrigin {
+                source: fork.source.clone(),
+                anchor,
+                sub_offset: fork.sub_offset,
+                position: 0,
+            };
+            let content_type = request
+                .content_type
+                .clone()
+                .unwrap_or_else(|| existing.config.content_type.clone());
+            let expiry = match request.expiry {
+                Expiry::Never => existing.config.expiry,
+                own => own,
+            };
+            return matches_existing(
+                &existing,
+                &content_type,
+                expiry,
+                request.closed,
+                Some(&requested),
+            );
+        }
+        let (_, mut source_writer) = source.ok_or(EngineError::NotFound)?;
         let source_record = source_writer
             .get()
             .record
@@ -615,12 +655,6 @@ impl Engine {
             return Err(EngineError::Conflict(
                 "the fork source has been deleted".into(),
             ));
-        }
-        if source_handle.expired(&source_record.config) {
-            drop(writer);
-            self.delete_locked(&fork.source, &source_handle, source_writer)
-                .await?;
-            return Err(EngineError::NotFound);
         }
         let source_ct = &source_record.config.content_type;
         let content_type = match &request.content_type {
@@ -669,33 +703,21 @@ impl Engine {
             (Expiry::Never, inherited) => inherited,
             (own, _) => own,
         };
-        let origin = ForkOrigin {
-            source: fork.source.clone(),
-            anchor,
-            sub_offset: fork.sub_offset,
-            position,
-        };
-        if let Some(existing) = self.existing_for_create(key, &handle, &mut writer).await? {
-            return matches_existing(
-                &existing,
-                &content_type,
-                expiry,
-                request.closed,
-                Some(&origin),
-            );
-        }
         let initial = initial_bytes(&content_type, request.body.clone())?;
         let config = StreamConfig {
             id: fastrand::u64(..),
             content_type,
             expiry,
-            fork: Some(origin),
+            fork: Some(ForkOrigin {
+                source: fork.source.clone(),
+                anchor,
+                sub_offset: fork.sub_offset,
+                position,
+            }),
         };
         let mut record = StreamRecord::new(config, position);
         record.closed = request.closed;
-        let created = self
-            .store_new(key, &handle, &mut writer, record, initial)
-            .await?;
+        let created = self.store_new(key, handle, writer, record, initial).await?;
         if created.created {
             source_writer.get_mut().ref_count += 1;
         }
@@ -711,39 +733,29 @@ impl Engine {
             return Err(EngineError::Gone);
         }
         let has_body = !request.body.is_empty();
+        // JSON validation and flattening is CPU work: do it before taking the lock.
+        let data = if has_body && is_json(&config.content_type) {
+            let given = request.content_type.as_deref().unwrap_or_default();
+            if same_media_type(given, &config.content_type) {
+                Some(json_to_wire(&request.body, EmptyArray::Reject).map(|(wire, _)| wire))
+            } else {
+                None
+            }
+        } else {
+            None
+        };
         let (handle, mut writer) = self.lock(key, false).await.ok_or(EngineError::NotFound)?;
         let record = match writer.get().record.as_ref() {
+            Some(r) if r.config.id == config.id && r.soft_deleted => return Err(EngineError::Gone),
             Some(r) if r.config.id == config.id => r.clone(),
-            Some(r) if r.soft_deleted => return Err(EngineError::Gone),
             _ => return Err(EngineError::NotFound),
         };
         let producer_state = |p: &ProducerHeaders| record.producers.get(&p.id).copied();
         if record.closed {
-            if let Some(p) = &request.producer {
-                match decide(producer_state(p), p.epoch, p.seq) {
-                    ProducerDecision::StaleEpoch { current } => {
-                        return Err(EngineError::StaleEpoch { current })
-                    }
-                    ProducerDecision::Duplicate { last_seq } => {
-                        return Ok(Appended {
-                            kind: AppendKind::Duplicate,
-                            tail: record.tail,
-                            closed: true,
-                            producer: Some((p.epoch, last_seq)),
-                        })
-                    }
-                    _ => {}
-                }
-            }
-            if has_body {
-                return Err(EngineError::Closed { tail: record.tail });
-            }
-            return Ok(Appended {
-                kind: AppendKind::AlreadyClosed,
-                tail: record.tail,
-                closed: true,
-                producer: None,
-            });
+            drop(writer);
+            return self
+                .answer_closed(&handle, &record, &request, has_body)
+                .await;
         }
         let data = if has_body {
             let given = request.content_type.as_deref().unwrap_or_default();
@@ -753,10 +765,9 @@ impl Engine {
                     given: given.to_owned(),
                 });
             }
-            if is_json(&record.config.content_type) {
-                json_to_wire(&request.body, EmptyArray::Reject)?.0
-            } else {
-                request.body.clone()
+            match data {
+                Some(wire) => wire?,
+                None => request.body.clone(),
             }
         } else {
             Bytes::new()
@@ -766,12 +777,14 @@ impl Engine {
             match decide(producer_state(p), p.epoch, p.seq) {
                 ProducerDecision::Accept(state) => producer_update = Some((p.id.clone(), state)),
                 ProducerDecision::Duplicate { last_seq } => {
+                    drop(writer);
+                    self.settled(&handle, &record).await?;
                     return Ok(Appended {
                         kind: AppendKind::Duplicate,
                         tail: record.tail,
                         closed: false,
                         producer: Some((p.epoch, last_seq)),
-                    })
+                    });
                 }
                 ProducerDecision::StaleEpoch { current } => {
                     return Err(EngineError::StaleEpoch { current })
@@ -797,41 +810,34 @@ impl Engine {
                 seq: p.seq,
             })
         });
-        let new_tail = record.tail + data.len() as u64;
-        let pending = self.storage.append(
-            key,
-            Append {
-                stream_id: record.config.id,
-                expected_tail: record.tail,
-                data,
-                stream_seq: request.stream_seq.clone(),
-                producer: producer_update.clone(),
-                close: close.clone(),
-            },
-        );
+        let append = Append {
+            stream_id: record.config.id,
+            expected_tail: record.tail,
+            data,
+            stream_seq: request.stream_seq.clone(),
+            producer: producer_update,
+            close,
+        };
+        let new_tail = record.tail + append.data.len() as u64;
+        let closed = append.close.is_some();
         {
-            let w = writer.get_mut();
-            let r = w.record.as_mut().ok_or(EngineError::NotFound)?;
-            r.tail = new_tail;
-            if let Some(seq) = &request.stream_seq {
-                r.stream_seq = Some(seq.clone());
-            }
-            if let Some((id, state)) = &producer_update {
-                r.producers.insert(id.clone(), *state);
-            }
-            if let Some(closed_by) = &close {
-                r.closed = true;
-                r.closed_by = closed_by.clone();
-            }
+            let r = writer
+                .get_mut()
+                .record
+                .as_mut()
+                .ok_or(EngineError::NotFound)?;
+            crate::storage::apply_append(r, &append, append.data.len() as u64);
         }
+        // Ordered now, durable later: the lock is released before the wait so a
+        // backend with group commit can batch this stream's next appends.
+        let pending = self.storage.append(key, append);
         drop(writer);
         if let Err(e) = pending.await {
             tracing::error!(stream = key, error = %e, "append failed; reloading stream state");
             self.refresh(key).await;
-            return Err(e.into());
+            return Err(self.storage_error(e));
         }
         handle.touch();
-        let closed = close.is_some();
         handle.view.send_modify(|v| {
             if v.config.as_ref().is_some_and(|c| c.id == record.config.id) {
                 v.tail = v.tail.max(new_tail);
@@ -846,12 +852,92 @@ impl Engine {
         })
     }
 
+    /// Answers an append to a closed stream (section 5.2.1): the retry of the
+    /// closing producer request is a duplicate, a stale epoch is fenced, a
+    /// close-only request is idempotent, anything else is refused.
+    async fn answer_closed(
+        &self,
+        handle: &Arc<Handle>,
+        record: &StreamRecord,
+        request: &AppendRequest,
+        has_body: bool,
+    ) -> Result<Appended, EngineError> {
+        if let Some(p) = &request.producer {
+            let state = record.producers.get(&p.id).copied();
+            if let ProducerDecision::StaleEpoch { current } = decide(state, p.epoch, p.seq) {
+                return Err(EngineError::StaleEpoch { current });
+            }
+            let closer = record
+                .closed_by
+                .as_ref()
+                .is_some_and(|t| t.id == p.id && t.epoch == p.epoch && t.seq == p.seq);
+            if closer {
+                self.settled(handle, record).await?;
+                return Ok(Appended {
+                    kind: AppendKind::Duplicate,
+                    tail: record.tail,
+                    closed: true,
+                    producer: Some((p.epoch, state.map_or(p.seq, |s| s.last_seq))),
+                });
+            }
+        }
+        if has_body {
+            return Err(EngineError::Closed { tail: record.tail });
+        }
+        self.settled(handle, record).await?;
+        Ok(Appended {
+            kind: AppendKind::AlreadyClosed,
+            tail: record.tail,
+            closed: true,
+            producer: None,
+        })
+    }
+
+    /// Waits until everything in `record` (tail and closure) is durable, so that a
+    /// duplicate is never acknowledged before the original append it stands for.
+    async fn settled(
+        &self,
+        handle: &Arc<Handle>,
+        record: &StreamRecord,
+    ) -> Result<(), EngineError> {
+        let failures = handle.failures.load(Ordering::Acquire);
+        let mut rx = handle.view.subscribe();
+        loop {
+            {
+                let view = rx.borrow_and_update();
+                if view.config.as_ref().map(|c| c.id) != Some(record.config.id) {
+                    return Err(EngineError::NotFound);
+                }
+                if view.tail >= record.tail && (view.closed || !record.closed) {
+                    return Ok(());
+                }
+            }
+            if handle.failures.load(Ordering::Acquire) != failures {
+                return Err(StorageError::Io(std::io::Error::other(
+                    "the write this request repeats did not complete",
+                ))
+                .into());
+            }
+            if rx.changed().await.is_err() {
+                return Err(EngineError::NotFound);
+            }
+        }
+    }
+
+    fn storage_error(&self, error: StorageError) -> EngineError {
+        match error {
+            StorageError::NotFound => EngineError::NotFound,
+            other => EngineError::Storage(other),
+        }
+    }
+
     /// Reloads one stream's cached state from storage after a failed write.
     async fn refresh(&self, key: &str) {
         if let Some((handle, mut writer)) = self.lock(key, false).await {
             match self.storage.get(key).await {
                 Ok(record) => {
                     writer.get_mut().record = record;
+                    handle.failures.fetch_add(1, Ordering::AcqRel);
                     handle.publish(writer.get().record.as_ref());
                 }
                 Err(e) => {
@@ -932,19 +1018,19 @@ impl Engine {
                     break;
                 }
                 seg_to = seg_to.min(fork.position);
+                // A source can only vanish if the fork was deleted meanwhile.
                 let source = self
                     .existing(&fork.source)
                     .and_then(|h| h.view.borrow().config.clone())
-                    .ok_or_else(|| {
-                        StorageError::Corrupt(format!("fork source {} is missing", fork.source))
-                    })?;
+                    .ok_or(EngineError::NotFound)?;
                 seg_key = fork.source;
                 seg_config = source;
             }
             let chunk = self
                 .storage
                 .read(&seg_key, out.end, seg_to, budget, cut)
-                .await?;
+                .await
+                .map_err(|e| self.storage_error(e))?;
             if chunk.end <= out.end {
                 return Err(StorageError::Corrupt(format!(
                     "no data at position {} of {seg_key}",
@@ -966,22 +1052,17 @@ impl Engine {
     /// Deletes a stream (`DELETE`): soft if forks still read through it.
     pub async fn delete(&self, key: &str) -> Result<Deleted, EngineError> {
         self.ready().await?;
+        self.expire(key).await?;
         let (handle, writer) = self.lock(key, false).await.ok_or(EngineError::NotFound)?;
         match writer.get().record.as_ref() {
             None => return Err(EngineError::NotFound),
             Some(r) if r.soft_deleted => return Err(EngineError::Gone),
-            Some(r) if handle.expired(&r.config) => {
-                let outcome = self.delete_locked(key, &handle, writer).await?;
-                return Err(match outcome {
-                    Deleted::Removed => EngineError::NotFound,
-                    Deleted::SoftDeleted => EngineError::Gone,
-                });
-            }
             Some(_) => {}
         }
         self.delete_locked(key, &handle, writer).await
     }
 
+    /// Deletes the locked stream; releases its source after dropping the lock.
     async fn delete_locked(
         &self,
         key: &str,
@@ -1003,8 +1084,8 @@ impl Engine {
         self.storage.delete(key).await?;
         w.record = None;
         handle.publish(None);
+        self.forget_locked(key, handle, &writer);
         drop(writer);
-        self.maybe_forget(key, handle);
         if let Some(fork) = &record.config.fork {
             self.release(&fork.source).await?;
         }
@@ -1022,6 +1103,7 @@ impl Engine {
             let w = writer.get_mut();
             w.ref_count = w.ref_count.saturating_sub(1);
             let Some(record) = w.record.clone() else {
+                self.forget_locked(&key, &handle, &writer);
                 return Ok(());
             };
             if w.ref_count > 0 || !record.soft_deleted {
@@ -1030,11 +1112,21 @@ impl Engine {
             self.storage.delete(&key).await?;
             w.record = None;
             handle.publish(None);
+            self.forget_locked(&key, &handle, &writer);
             drop(writer);
-            self.maybe_forget(&key, &handle);
             next = record.config.fork.map(|f| f.source);
         }
         Ok(())
+    }
+}
+
+/// The live record under a writer lock, refusing a soft-deleted one (409).
+fn existing_live(writer: &OwnedWriter) -> Result<Option<StreamRecord>, EngineError> {
+    match writer.get().record.as_ref() {
+        Some(r) if r.soft_deleted => Err(EngineError::Conflict(
+            "a deleted stream at this path is still referenced by forks".into(),
+        )),
+        other => Ok(other.cloned()),
     }
 }
 

@@ -49,7 +49,8 @@ impl CursorClock {
         let interval = self.interval.as_secs();
         let current = since_epoch / interval;
         match client.and_then(|c| c.parse::<u64>().ok()) {
-            Some(client) if client >= current => {
+            // Absurdly large client cursors cannot be advanced; start over.
+            Some(client) if client >= current && client < u64::MAX / 2 => {
                 let jitter_secs = fastrand::u64(1..=3600);
                 client.saturating_add(jitter_secs.div_ceil(interval).max(1))
             }

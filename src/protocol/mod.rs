@@ -16,7 +16,7 @@ pub use content::{
 pub use cursor::{CursorClock, CURSOR_EPOCH_UNIX_SECS};
 pub use headers::*;
 pub use offset::{Offset, OffsetParseError, ReadFrom, MAX_POSITION, OFFSET_LEN};
-pub use sse::{control_event, data_event, Control, SseEncoding};
+pub use sse::{control_event, data_event, incomplete_utf8_suffix, Control, SseEncoding};
 
 /// The entity tag of a read: `"{stream id}:{start}:{end}"`, with `:c` appended
 /// once the stream is closed, so closure changes the tag.

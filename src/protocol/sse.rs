@@ -76,6 +76,40 @@ pub fn data_event(pieces: &[Bytes], encoding: SseEncoding) -> Bytes {
     out.freeze()
 }
 
+/// How many bytes at the end of `pieces` form an incomplete UTF-8 sequence, which
+/// a text event should hold back until the rest of the character arrives.
+///
+/// ```
+/// use bytes::Bytes;
+/// use tower_durable_streams::protocol::incomplete_utf8_suffix;
+///
+/// let euro = "€".as_bytes(); // three bytes
+/// assert_eq!(incomplete_utf8_suffix(&[Bytes::from_static(b"ab"), Bytes::copy_from_slice(&euro[..2])]), 2);
+/// assert_eq!(incomplete_utf8_suffix(&[Bytes::copy_from_slice(euro)]), 0);
+/// assert_eq!(incomplete_utf8_suffix(&[Bytes::from_static(b"plain")]), 0);
+/// ```
+pub fn incomplete_utf8_suffix(pieces: &[Bytes]) -> usize {
+    let mut tail = [0u8; 4];
+    let mut n = 0;
+    for &b in pieces.iter().rev().flat_map(|p| p.iter().rev()).take(4) {
+        tail[3 - n] = b;
+        n += 1;
+    }
+    let tail = &tail[4 - n..];
+    for (back, &b) in tail.iter().rev().enumerate() {
+        let have = back + 1;
+        let need = match b {
+            0x00..=0x7f => return 0,
+            0x80..=0xbf => continue,
+            0xc0..=0xdf => 2,
+            0xe0..=0xef => 3,
+            _ => 4,
+        };
+        return if have < need { have } else { 0 };
+    }
+    0
+}
+
 /// The fields of a `control` event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Control<'a> {

@@ -12,8 +12,9 @@ use super::problem::Problem;
 use super::{catch_up_response, Inner, ResponseBody};
 use crate::engine::{EngineError, View};
 use crate::protocol::{
-    control_event, data_event, is_sse_text, Control, Offset, ReadFrom, SseEncoding, STREAM_CLOSED,
-    STREAM_CURSOR, STREAM_NEXT_OFFSET, STREAM_SSE_DATA_ENCODING, STREAM_UP_TO_DATE,
+    control_event, data_event, incomplete_utf8_suffix, is_sse_text, Control, Offset, ReadFrom,
+    SseEncoding, STREAM_CLOSED, STREAM_CURSOR, STREAM_NEXT_OFFSET, STREAM_SSE_DATA_ENCODING,
+    STREAM_UP_TO_DATE,
 };
 use crate::storage::StreamConfig;
 
@@ -181,19 +182,38 @@ async fn next_event(state: &mut SseState) -> Result<Option<Bytes>, EngineError> 
                 .engine
                 .read_at(&state.key, &state.config, state.position, &view)
                 .await?;
-            let at_tail = read.end >= view.tail;
-            let closed = view.closed && at_tail;
-            let pieces = if crate::protocol::is_json(&state.config.content_type) {
-                crate::protocol::json_read_frame(read.data)
-            } else {
-                read.data
-            };
-            let mut frame = BytesMut::from(&data_event(&pieces, state.encoding)[..]);
-            frame.extend_from_slice(&control(state, read.end, at_tail, closed));
-            state.position = read.end;
-            state.sent_control = true;
-            state.done = closed;
-            return Ok(Some(frame.freeze()));
+            let json = crate::protocol::is_json(&state.config.content_type);
+            let (mut data, mut end) = (read.data, read.end);
+            let final_bytes = view.closed && end >= view.tail;
+            if state.encoding == SseEncoding::Text && !json && !final_bytes {
+                // Hold back a character split by the read until its rest arrives.
+                let mut hold = incomplete_utf8_suffix(&data) as u64;
+                end -= hold;
+                while hold > 0 {
+                    let Some(last) = data.last_mut() else { break };
+                    let cut = hold.min(last.len() as u64);
+                    last.truncate(last.len() - cut as usize);
+                    hold -= cut;
+                    if last.is_empty() {
+                        data.pop();
+                    }
+                }
+            }
+            if end > state.position {
+                let at_tail = end >= view.tail;
+                let closed = view.closed && at_tail;
+                let pieces = if json {
+                    crate::protocol::json_read_frame(data)
+                } else {
+                    data
+                };
+                let mut frame = BytesMut::from(&data_event(&pieces, state.encoding)[..]);
+                frame.extend_from_slice(&control(state, end, at_tail, closed));
+                state.position = end;
+                state.sent_control = true;
+                state.done = closed;
+                return Ok(Some(frame.freeze()));
+            }
         }
         if view.closed {
             state.done = true;
@@ -201,7 +221,7 @@ async fn next_event(state: &mut SseState) -> Result<Option<Bytes>, EngineError> 
         }
         if !state.sent_control {
             state.sent_control = true;
-            return Ok(Some(control(state, view.tail, true, false)));
+            return Ok(Some(control(state, state.position, true, false)));
         }
         tokio::select! {
             changed = state.rx.changed() => {

@@ -98,6 +98,7 @@ pub struct Builder {
     max_append_bytes: usize,
     max_read_bytes: usize,
     cache_policy: CachePolicy,
+    expiry_sweep_interval: Duration,
 }
 
 impl Default for Builder {
@@ -111,6 +112,7 @@ impl Default for Builder {
             max_append_bytes: 64 * 1024 * 1024,
             max_read_bytes: 1024 * 1024,
             cache_policy: CachePolicy::Public,
+            expiry_sweep_interval: Duration::from_secs(1),
         }
     }
 }
@@ -177,6 +179,13 @@ impl Builder {
         self
     }
 
+    /// How often expired streams that nobody touches are removed.
+    /// Defaults to 1 second.
+    pub fn expiry_sweep_interval(mut self, interval: Duration) -> Self {
+        self.expiry_sweep_interval = interval;
+        self
+    }
+
     /// Checks the settings and builds the service.
     pub fn build(self) -> Result<DurableStreamsService, BuildError> {
         if let Some(base) = &self.base_path {
@@ -192,6 +201,7 @@ impl Builder {
             ("long_poll_timeout", self.long_poll_timeout),
             ("sse_reconnect_interval", self.sse_reconnect_interval),
             ("cursor_interval", self.cursor_interval),
+            ("expiry_sweep_interval", self.expiry_sweep_interval),
         ] {
             if value.is_zero() {
                 return Err(BuildError::ZeroDuration(name));
@@ -211,6 +221,8 @@ impl Builder {
         Ok(DurableStreamsService {
             inner: Arc::new(Inner {
                 engine: Engine::new(storage, self.max_read_bytes),
+                sweeper: std::sync::Once::new(),
+                expiry_sweep_interval: self.expiry_sweep_interval,
                 base_path: self.base_path,
                 long_poll_timeout: self.long_poll_timeout,
                 sse_reconnect_interval: self.sse_reconnect_interval,
@@ -274,12 +286,40 @@ impl DurableStreamsService {
 
 pub(crate) struct Inner {
     engine: Engine,
+    sweeper: std::sync::Once,
+    expiry_sweep_interval: Duration,
     base_path: Option<String>,
     long_poll_timeout: Duration,
     sse_reconnect_interval: Duration,
     cursor: CursorClock,
     max_append_bytes: usize,
     cache_policy: CachePolicy,
+}
+
+impl Inner {
+    /// Starts, once, the task that removes expired streams nobody touches. It
+    /// holds only a weak reference and ends when the service is dropped.
+    fn start_sweeper(self: &Arc<Self>) {
+        self.sweeper.call_once(|| {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let weak = Arc::downgrade(self);
+            let period = self.expiry_sweep_interval;
+            runtime.spawn(async move {
+                let mut ticker = tokio::time::interval(period);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    let expired = inner.engine.sweep_expired().await;
+                    if expired > 0 {
+                        tracing::debug!(expired, "removed expired streams");
+                    }
+                }
+            });
+        });
+    }
 }
 
 impl<B> tower_service::Service<Request<B>> for DurableStreamsService
@@ -297,6 +337,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> ResponseFuture {
         let inner = self.inner.clone();
+        inner.start_sweeper();
         ResponseFuture::new(async move {
             let mut response = match handle(inner, request).await {
                 Ok(response) => response,
@@ -697,7 +738,13 @@ pub(crate) fn catch_up_response(
     set(headers, CONTENT_TYPE, &result.config.content_type);
     set(headers, STREAM_NEXT_OFFSET, Offset::new(result.end));
     set(headers, ETAG, tag);
-    headers.insert(CACHE_CONTROL, inner.cache_policy.header());
+    if result.end == result.start && up_to_date {
+        // An empty answer at the tail must be revalidated (the ETag changes with
+        // new data and with closure), or a cache would hide both.
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    } else {
+        headers.insert(CACHE_CONTROL, inner.cache_policy.header());
+    }
     if up_to_date {
         headers.insert(STREAM_UP_TO_DATE, HeaderValue::from_static("true"));
     }

@@ -72,22 +72,13 @@ impl MemoryStorage {
             });
         }
         let stream = &mut *stream;
-        if !append.data.is_empty() {
+        let len = append.data.len();
+        if len > 0 {
             stream.starts.push(stream.record.tail);
-            stream.record.tail += append.data.len() as u64;
-            stream.bytes += append.data.len();
-            stream.chunks.push(append.data);
+            stream.bytes += len;
+            stream.chunks.push(append.data.clone());
         }
-        if let Some(seq) = append.stream_seq {
-            stream.record.stream_seq = Some(seq);
-        }
-        if let Some((id, state)) = append.producer {
-            stream.record.producers.insert(id, state);
-        }
-        if let Some(closed_by) = append.close {
-            stream.record.closed = true;
-            stream.record.closed_by = closed_by;
-        }
+        super::apply_append(&mut stream.record, &append, len as u64);
         Ok(())
     }
 }

@@ -13,9 +13,18 @@
 //! backend with group commit can batch concurrent appends to one stream, or to
 //! thousands, into one flush.
 
+mod codec;
+mod file;
 mod memory;
+mod queue;
+#[cfg(feature = "redb")]
+mod redb;
+#[cfg(feature = "redb")]
+pub use self::redb::RedbStorage;
 pub mod testkit;
 
+pub(crate) use codec::apply_append;
+pub use file::{Durability, FileStats, FileStorage};
 pub use memory::MemoryStorage;
 
 use std::collections::HashMap;

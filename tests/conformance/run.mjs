@@ -1,11 +1,14 @@
-// Builds examples/server, starts it on a free loopback port with a short
-// long-poll timeout, runs the pinned conformance suite against it, stops it,
-// and exits with the suite's status.
+// Builds examples/server (with the redb feature), starts it on a free loopback
+// port with a short long-poll timeout, runs the pinned conformance suite
+// against it, stops it, and exits with the suite's status.
 //
-//   node tests/conformance/run.mjs            # memory storage
-//   DS_STORAGE__MODE=file-durable node ...    # any server setting passes through
+//   node tests/conformance/run.mjs                 # memory storage
+//   node tests/conformance/run.mjs file-durable    # or file-fast, acid
+//
+// File and acid modes get a fresh temporary data directory, removed afterwards.
 import { spawn, spawnSync } from "node:child_process"
-import { readFileSync, rmSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 
@@ -18,7 +21,10 @@ function fail(message) {
   process.exit(1)
 }
 
-const build = spawnSync("cargo", ["build", "--quiet", "--example", "server"], {
+const mode = process.argv[2] ?? process.env.DS_STORAGE__MODE ?? "memory"
+const dataDir = mode === "memory" ? null : mkdtempSync(join(tmpdir(), `ds-conformance-${mode}-`))
+
+const build = spawnSync("cargo", ["build", "--quiet", "--features", "redb", "--example", "server"], {
   cwd: root,
   stdio: "inherit",
 })
@@ -39,6 +45,8 @@ const server = spawn(binary, [], {
     DS_SERVER__HOST: "127.0.0.1",
     DS_SERVER__PORT: "0",
     DS_SERVER__LONG_POLL_TIMEOUT_SECS: String(longPollSecs),
+    DS_STORAGE__MODE: mode,
+    ...(dataDir ? { DS_STORAGE__DATA_DIR: dataDir } : {}),
     RUST_LOG: process.env.RUST_LOG ?? "warn",
   },
   stdio: ["ignore", "pipe", "inherit"],
@@ -60,7 +68,7 @@ const baseUrl = await new Promise((resolve) => {
     }
   })
 })
-console.log(`conformance: server at ${baseUrl} (mode ${process.env.DS_STORAGE__MODE ?? "memory"})`)
+console.log(`conformance: server at ${baseUrl} (storage mode ${mode})`)
 
 const report = join(here, "report.json")
 rmSync(report, { force: true })
@@ -80,6 +88,8 @@ const vitest = spawn(
 const status = await new Promise((resolve) => vitest.on("close", (code) => resolve(code ?? 1)))
 stopping = true
 server.kill("SIGTERM")
+await new Promise((resolve) => server.on("exit", resolve))
+if (dataDir) rmSync(dataDir, { recursive: true, force: true })
 
 let summary
 try {
@@ -94,5 +104,5 @@ try {
   fail(`no test report was written (${e.message})`)
 }
 // Plain closing line, read by CI.
-console.log(`conformance: ${summary.passed} passed, ${summary.failed} failed, ${summary.skipped} skipped`)
+console.log(`conformance (${mode}): ${summary.passed} passed, ${summary.failed} failed, ${summary.skipped} skipped`)
 if (status !== 0 || summary.failed > 0 || summary.passed === 0) process.exit(1)

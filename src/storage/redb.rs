@@ -1,0 +1,567 @@
+//! ACID storage on [redb](https://docs.rs/redb), sharded, with group commit.
+//!
+//! Streams are spread over `shard_count` redb files by a hash of their path. Each
+//! shard has one writer thread that takes every operation queued since its last
+//! commit and applies them all in one write transaction committed with
+//! `Durability::Immediate`: an append is acknowledged only after the commit that
+//! covers it, and concurrent appends share it. A stream's record (configuration,
+//! tail, closure, `Stream-Seq`, producer state) is written in the same
+//! transaction as its bytes.
+//!
+//! Tables: `streams` maps a path to its encoded record; `data` maps
+//! `(stream id, position)` to the bytes of one append. Deleting a stream removes
+//! both; redb reuses the freed pages.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use super::codec::{self, Reader, Writer};
+use super::queue::{poisoned, reply, Op};
+use super::{
+    Append, AppendFuture, CreateOutcome, Cut, ReadChunk, Storage, StorageError, StorageFuture,
+    StreamRecord,
+};
+
+const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
+const DATA: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("data");
+const MAX_BATCH: usize = 4096;
+
+/// Streams in sharded redb databases under one directory (`acid` mode).
+///
+/// ```no_run
+/// use tower_durable_streams::storage::RedbStorage;
+/// use tower_durable_streams::DurableStreamsService;
+///
+/// let storage = RedbStorage::open("./data/streams", 16)?;
+/// let service = DurableStreamsService::builder().storage(storage).build()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedbStorage {
+    shards: Arc<[Shard]>,
+}
+
+#[derive(Debug)]
+struct Shard {
+    db: Arc<Database>,
+    queue: Mutex<Option<mpsc::Sender<Op>>>,
+    records: Arc<Mutex<HashMap<String, StreamRecord>>>,
+    commits: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn backend(error: impl Into<redb::Error>) -> StorageError {
+    StorageError::Backend(Box::new(error.into()))
+}
+
+impl RedbStorage {
+    /// Opens (or creates) `shard_count` databases in `dir`. The shard count is a
+    /// power of two from 1 to 256 and cannot change once the directory has data.
+    pub fn open(dir: impl AsRef<Path>, shard_count: usize) -> Result<Self, StorageError> {
+        if !(1..=256).contains(&shard_count) || !shard_count.is_power_of_two() {
+            return Err(StorageError::Backend(
+                format!("shard count {shard_count} is not a power of two from 1 to 256").into(),
+            ));
+        }
+        let dir = dir.as_ref().join("redb");
+        fs::create_dir_all(&dir)?;
+        check_layout(&dir, shard_count)?;
+        let mut shards = Vec::with_capacity(shard_count);
+        for i in 0..shard_count {
+            let db = Arc::new(
+                Database::create(dir.join(format!("shard-{i:03}.redb"))).map_err(backend)?,
+            );
+            let records = Arc::new(Mutex::new(load_records(&db)?));
+            let (tx, rx) = mpsc::channel();
+            let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let writer = ShardWriter {
+                db: db.clone(),
+                records: records.clone(),
+                commits: commits.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("ds-redb-{i:03}"))
+                .spawn(move || writer.run(rx))?;
+            shards.push(Shard {
+                db,
+                queue: Mutex::new(Some(tx)),
+                records,
+                commits,
+            });
+        }
+        Ok(RedbStorage {
+            shards: shards.into(),
+        })
+    }
+
+    /// Write transactions committed since open, over all shards.
+    pub fn commits(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.commits.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
+    fn shard(&self, key: &str) -> &Shard {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in key.bytes() {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+        &self.shards[(hash as usize) & (self.shards.len() - 1)]
+    }
+
+    fn submit(&self, key: &str, op: Op) -> Result<(), StorageError> {
+        let queue = self
+            .shard(key)
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        queue
+            .as_ref()
+            .ok_or_else(poisoned)?
+            .send(op)
+            .map_err(|_| poisoned())
+    }
+}
+
+/// Records the shard count on first use and refuses a different one later.
+fn check_layout(dir: &Path, shard_count: usize) -> Result<(), StorageError> {
+    let layout = dir.join("LAYOUT");
+    let wanted = format!("shards={shard_count}\n");
+    match fs::read_to_string(&layout) {
+        Ok(existing) if existing == wanted => Ok(()),
+        Ok(existing) => Err(StorageError::Backend(
+            format!(
+                "{} was created with {}; it cannot be opened with {} shards",
+                dir.display(),
+                existing.trim(),
+                shard_count
+            )
+            .into(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::write(&layout, wanted)?;
+            fs::File::open(&layout)?.sync_all()?;
+            fs::File::open(dir)?.sync_all()?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn load_records(db: &Database) -> Result<HashMap<String, StreamRecord>, StorageError> {
+    let txn = db.begin_read().map_err(backend)?;
+    let table = match txn.open_table(STREAMS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
+        Err(e) => return Err(backend(e)),
+    };
+    let mut records = HashMap::new();
+    for entry in table.iter().map_err(backend)? {
+        let (key, value) = entry.map_err(backend)?;
+        let record = codec::get_record(&mut Reader::new(value.value()))?;
+        records.insert(key.value().to_owned(), record);
+    }
+    Ok(records)
+}
+
+struct ShardWriter {
+    db: Arc<Database>,
+    records: Arc<Mutex<HashMap<String, StreamRecord>>>,
+    commits: Arc<std::sync::atomic::AtomicU64>,
+}
+
+type Done = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
+/// A change to one stream made by a batch, applied to the cache after commit.
+type Staged = HashMap<String, Option<StreamRecord>>;
+
+impl ShardWriter {
+    fn run(self, rx: mpsc::Receiver<Op>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let mut staged = Staged::new();
+            let mut done: Vec<Done> = Vec::new();
+            let result = self.commit(batch, &mut staged, &mut done);
+            match result {
+                Ok(()) => {
+                    self.commits
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+                    for (key, record) in staged {
+                        match record {
+                            Some(record) => records.insert(key, record),
+                            None => records.remove(&key),
+                        };
+                    }
+                    drop(records);
+                    for finish in done {
+                        finish(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "redb commit failed; the batch is refused");
+                    let message = e.to_string();
+                    for finish in done {
+                        finish(Err(StorageError::Backend(message.clone().into())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The current record of `key`, as this batch left it.
+    fn current(&self, staged: &Staged, key: &str) -> Option<StreamRecord> {
+        match staged.get(key) {
+            Some(record) => record.clone(),
+            None => self
+                .records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key)
+                .cloned(),
+        }
+    }
+
+    fn commit(
+        &self,
+        batch: Vec<Op>,
+        staged: &mut Staged,
+        done: &mut Vec<Done>,
+    ) -> Result<(), StorageError> {
+        let mut txn = self.db.begin_write().map_err(backend)?;
+        txn.set_durability(Durability::Immediate).map_err(backend)?;
+        let mut failed = None;
+        {
+            let mut streams = txn.open_table(STREAMS).map_err(backend)?;
+            let mut data = txn.open_table(DATA).map_err(backend)?;
+            for op in batch {
+                if let Some(e) = &failed {
+                    refuse(op, format!("{e}"));
+                    continue;
+                }
+                if let Err(e) = self.apply(op, staged, done, &mut streams, &mut data) {
+                    failed = Some(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            txn.abort().map_err(backend)?;
+            return Err(e);
+        }
+        txn.commit().map_err(backend)
+    }
+
+    fn apply(
+        &self,
+        op: Op,
+        staged: &mut Staged,
+        done: &mut Vec<Done>,
+        streams: &mut redb::Table<&str, &[u8]>,
+        data: &mut redb::Table<(u64, u64), &[u8]>,
+    ) -> Result<(), StorageError> {
+        match op {
+            Op::Create {
+                key,
+                mut record,
+                initial,
+                reply,
+            } => {
+                if let Some(existing) = self.current(staged, &key) {
+                    let _ = reply.send(Ok(CreateOutcome::Exists(Box::new(existing))));
+                    return Ok(());
+                }
+                if !initial.is_empty() {
+                    data.insert((record.config.id, record.tail), initial.as_ref())
+                        .map_err(backend)?;
+                    record.tail += initial.len() as u64;
+                }
+                put(streams, &key, &record)?;
+                staged.insert(key, Some(record));
+                done.push(Box::new(move |r| {
+                    let _ = reply.send(r.map(|()| CreateOutcome::Created));
+                }));
+            }
+            Op::Append { key, append, reply } => {
+                let mut record = match self.current(staged, &key) {
+                    Some(r) if r.config.id == append.stream_id => r,
+                    _ => {
+                        let _ = reply.send(Err(StorageError::NotFound));
+                        return Ok(());
+                    }
+                };
+                if record.tail != append.expected_tail || record.closed {
+                    let _ = reply.send(Err(StorageError::Conflict {
+                        actual_tail: record.tail,
+                    }));
+                    return Ok(());
+                }
+                if !append.data.is_empty() {
+                    data.insert((append.stream_id, record.tail), append.data.as_ref())
+                        .map_err(backend)?;
+                }
+                codec::apply_append(&mut record, &append, append.data.len() as u64);
+                put(streams, &key, &record)?;
+                staged.insert(key, Some(record));
+                done.push(Box::new(move |r| {
+                    let _ = reply.send(r);
+                }));
+            }
+            Op::SoftDelete { key, reply } => {
+                let Some(mut record) = self.current(staged, &key) else {
+                    let _ = reply.send(Err(StorageError::NotFound));
+                    return Ok(());
+                };
+                record.soft_deleted = true;
+                put(streams, &key, &record)?;
+                staged.insert(key, Some(record));
+                done.push(Box::new(move |r| {
+                    let _ = reply.send(r);
+                }));
+            }
+            Op::Delete { key, reply } => {
+                let Some(record) = self.current(staged, &key) else {
+                    let _ = reply.send(Err(StorageError::NotFound));
+                    return Ok(());
+                };
+                let id = record.config.id;
+                streams.remove(key.as_str()).map_err(backend)?;
+                data.retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
+                    .map_err(backend)?;
+                staged.insert(key, None);
+                done.push(Box::new(move |r| {
+                    let _ = reply.send(r);
+                }));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn put(
+    streams: &mut redb::Table<&str, &[u8]>,
+    key: &str,
+    record: &StreamRecord,
+) -> Result<(), StorageError> {
+    let mut buf = BytesMut::new();
+    codec::put_record(&mut Writer(&mut buf), record);
+    streams.insert(key, buf.as_ref()).map_err(backend)?;
+    Ok(())
+}
+
+fn refuse(op: Op, reason: String) {
+    let error = || StorageError::Backend(reason.clone().into());
+    match op {
+        Op::Create { reply, .. } => {
+            let _ = reply.send(Err(error()));
+        }
+        Op::Append { reply, .. } | Op::SoftDelete { reply, .. } | Op::Delete { reply, .. } => {
+            let _ = reply.send(Err(error()));
+        }
+    }
+}
+
+/// Reads `from..to` of stream `id` from one database.
+fn read_range(
+    db: &Database,
+    id: u64,
+    from: u64,
+    to: u64,
+    max_bytes: usize,
+    cut: Cut,
+) -> Result<ReadChunk, StorageError> {
+    let mut chunk = ReadChunk {
+        data: Vec::new(),
+        end: from,
+    };
+    let txn = db.begin_read().map_err(backend)?;
+    let table = match txn.open_table(DATA) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(chunk),
+        Err(e) => return Err(backend(e)),
+    };
+    // The append that holds `from` starts at or before it.
+    let first = match table
+        .range((id, 0)..=(id, from))
+        .map_err(backend)?
+        .next_back()
+    {
+        Some(entry) => entry.map_err(backend)?.0.value().1,
+        None => return Ok(chunk),
+    };
+    let mut budget = max_bytes.max(1);
+    for entry in table.range((id, first)..(id, to)).map_err(backend)? {
+        let (key, value) = entry.map_err(backend)?;
+        let start = key.value().1;
+        let bytes = value.value();
+        let record_end = start + bytes.len() as u64;
+        if record_end <= chunk.end {
+            continue;
+        }
+        let lo = (chunk.end - start) as usize;
+        let mut hi = (record_end.min(to) - start) as usize;
+        if cut == Cut::AnyByte {
+            hi = hi.min(lo.saturating_add(budget));
+        } else if !chunk.data.is_empty() && hi - lo > budget {
+            break;
+        }
+        chunk.data.push(Bytes::copy_from_slice(&bytes[lo..hi]));
+        chunk.end = start + hi as u64;
+        budget = budget.saturating_sub(hi - lo);
+        if budget == 0 || chunk.end >= to {
+            break;
+        }
+    }
+    Ok(chunk)
+}
+
+impl Storage for RedbStorage {
+    fn load(&self) -> StorageFuture<'_, Vec<(String, StreamRecord)>> {
+        let all = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                let records = s.records.lock().unwrap_or_else(|e| e.into_inner());
+                records
+                    .iter()
+                    .map(|(k, r)| (k.clone(), r.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        Box::pin(async move { Ok(all) })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StorageFuture<'a, Option<StreamRecord>> {
+        let record = self
+            .shard(key)
+            .records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned();
+        Box::pin(async move { Ok(record) })
+    }
+
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        record: StreamRecord,
+        initial: Bytes,
+    ) -> StorageFuture<'a, CreateOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let submitted = self.submit(
+            key,
+            Op::Create {
+                key: key.to_owned(),
+                record,
+                initial,
+                reply: tx,
+            },
+        );
+        Box::pin(async move {
+            submitted?;
+            reply(rx).await
+        })
+    }
+
+    fn append(&self, key: &str, append: Append) -> AppendFuture {
+        let (tx, rx) = oneshot::channel();
+        let submitted = self.submit(
+            key,
+            Op::Append {
+                key: key.to_owned(),
+                append,
+                reply: tx,
+            },
+        );
+        Box::pin(async move {
+            submitted?;
+            reply(rx).await
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+        cut: Cut,
+    ) -> StorageFuture<'a, ReadChunk> {
+        let shard = self.shard(key);
+        let record = shard
+            .records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .map(|r| (r.config.id, r.tail));
+        let db = shard.db.clone();
+        Box::pin(async move {
+            let (id, tail) = record.ok_or(StorageError::NotFound)?;
+            let to = to.min(tail);
+            if from >= to {
+                return Ok(ReadChunk {
+                    data: Vec::new(),
+                    end: from,
+                });
+            }
+            tokio::task::spawn_blocking(move || read_range(&db, id, from, to, max_bytes, cut))
+                .await
+                .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
+        })
+    }
+
+    fn soft_delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()> {
+        let (tx, rx) = oneshot::channel();
+        let submitted = self.submit(
+            key,
+            Op::SoftDelete {
+                key: key.to_owned(),
+                reply: tx,
+            },
+        );
+        Box::pin(async move {
+            submitted?;
+            reply(rx).await
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()> {
+        let (tx, rx) = oneshot::channel();
+        let submitted = self.submit(
+            key,
+            Op::Delete {
+                key: key.to_owned(),
+                reply: tx,
+            },
+        );
+        Box::pin(async move {
+            submitted?;
+            reply(rx).await
+        })
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        self.queue.get_mut().map(Option::take).ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::storage_testkit!(RedbStorage::open(tempfile::tempdir().unwrap().keep(), 4).unwrap());
+}
