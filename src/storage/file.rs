@@ -96,6 +96,7 @@ struct Shared {
     open_segments: Mutex<HashMap<u32, Arc<File>>>,
     poisoned: AtomicBool,
     stats: Stats,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     _lock: File,
 }
 
@@ -256,6 +257,7 @@ impl FileStorage {
             open_segments: Mutex::default(),
             poisoned: AtomicBool::new(false),
             stats: Stats::default(),
+            thread: Mutex::new(None),
             _lock: lock,
         });
         let writer = LogWriter {
@@ -267,9 +269,10 @@ impl FileStorage {
             size,
             buffer: Vec::with_capacity(1 << 20),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("ds-file-writer".into())
             .spawn(move || writer.run(rx))?;
+        *shared.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
         Ok(FileStorage { shared })
     }
 
@@ -320,9 +323,15 @@ impl FileStorage {
 }
 
 impl Drop for Shared {
+    /// Closes the queue and waits for the writer to finish its last flush, so the
+    /// directory can be opened again as soon as the storage is dropped.
     fn drop(&mut self) {
-        // Closing the queue lets the writer thread finish and exit.
         self.queue.get_mut().map(Option::take).ok();
+        if let Some(thread) = self.thread.get_mut().ok().and_then(Option::take) {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
     }
 }
 

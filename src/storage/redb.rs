@@ -53,6 +53,7 @@ struct Shard {
     queue: Mutex<Option<mpsc::Sender<Op>>>,
     records: Arc<Mutex<HashMap<String, StreamRecord>>>,
     commits: Arc<std::sync::atomic::AtomicU64>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 fn backend(error: impl Into<redb::Error>) -> StorageError {
@@ -84,7 +85,7 @@ impl RedbStorage {
                 records: records.clone(),
                 commits: commits.clone(),
             };
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("ds-redb-{i:03}"))
                 .spawn(move || writer.run(rx))?;
             shards.push(Shard {
@@ -92,6 +93,7 @@ impl RedbStorage {
                 queue: Mutex::new(Some(tx)),
                 records,
                 commits,
+                thread: Mutex::new(Some(thread)),
             });
         }
         Ok(RedbStorage {
@@ -554,8 +556,13 @@ impl Storage for RedbStorage {
 }
 
 impl Drop for Shard {
+    /// Closes the queue and waits for the writer to finish its last commit, so
+    /// that the database can be opened again as soon as the storage is dropped.
     fn drop(&mut self) {
         self.queue.get_mut().map(Option::take).ok();
+        if let Some(thread) = self.thread.get_mut().ok().and_then(Option::take) {
+            let _ = thread.join();
+        }
     }
 }
 
