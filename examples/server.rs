@@ -45,6 +45,9 @@ use tower_http::trace::TraceLayer;
 /// The mount point of the protocol.
 const BASE_PATH: &str = "/v1/stream";
 
+/// Describes the storage writer's work so far (logged at shutdown).
+type Describe = Box<dyn Fn() -> String + Send>;
+
 /// Where streams are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -148,19 +151,44 @@ impl Settings {
         })
     }
 
-    fn storage(&self) -> Result<Arc<dyn Storage>, String> {
-        fn shared(storage: impl Storage) -> Arc<dyn Storage> {
-            Arc::new(storage)
+    /// Opens the configured storage; also returns a function that describes the
+    /// writer's work so far, logged at shutdown.
+    fn storage(&self) -> Result<(Arc<dyn Storage>, Describe), String> {
+        fn file(storage: FileStorage) -> (Arc<dyn Storage>, Describe) {
+            let stats = storage.clone();
+            let describe = move || {
+                let s = stats.stats();
+                format!(
+                    "{} writes in {} flushes with {} fsyncs ({:.1} writes per flush), {} bytes",
+                    s.operations,
+                    s.flushes,
+                    s.fsyncs,
+                    s.operations as f64 / s.flushes.max(1) as f64,
+                    s.bytes
+                )
+            };
+            (Arc::new(storage), Box::new(describe))
         }
         let dir = &self.data_dir;
         let opened = match self.mode {
-            Mode::Memory => return Ok(shared(MemoryStorage::new())),
-            Mode::FileFast => FileStorage::open(dir, Durability::Buffered).map(shared),
-            Mode::FileDurable => FileStorage::open(dir, Durability::Fsync).map(shared),
-            #[cfg(feature = "redb")]
-            Mode::Acid => {
-                tower_durable_streams::storage::RedbStorage::open(dir, self.shard_count).map(shared)
+            Mode::Memory => {
+                return Ok((
+                    Arc::new(MemoryStorage::new()),
+                    Box::new(|| "in memory".to_owned()),
+                ))
             }
+            Mode::FileFast => FileStorage::open(dir, Durability::Buffered).map(file),
+            Mode::FileDurable => FileStorage::open(dir, Durability::Fsync).map(file),
+            #[cfg(feature = "redb")]
+            Mode::Acid => tower_durable_streams::storage::RedbStorage::open(dir, self.shard_count)
+                .map(|storage| {
+                    let stats = storage.clone();
+                    let describe = move || format!("{} redb write transactions", stats.commits());
+                    (
+                        Arc::new(storage) as Arc<dyn Storage>,
+                        Box::new(describe) as Box<dyn Fn() -> String + Send>,
+                    )
+                }),
             #[cfg(not(feature = "redb"))]
             Mode::Acid => {
                 let _ = self.shard_count;
@@ -215,7 +243,13 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let storage = match settings.storage() {
+    // Opening replays the log or the databases: blocking work, off the reactor.
+    let settings = Arc::new(settings);
+    let opening = settings.clone();
+    let opened = tokio::task::spawn_blocking(move || opening.storage())
+        .await
+        .unwrap_or_else(|e| Err(format!("opening storage panicked: {e}")));
+    let (storage, describe_storage) = match opened {
         Ok(storage) => storage,
         Err(message) => {
             eprintln!("error: {message}");
@@ -277,7 +311,8 @@ async fn main() {
             () = &mut shutdown => break,
         }
     }
-    tracing::info!("shutting down");
+    tracing::info!(storage = %describe_storage(), "shutting down");
+    eprintln!("storage: {}", describe_storage());
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -76,7 +76,9 @@ impl MemoryStorage {
         if len > 0 {
             stream.starts.push(stream.record.tail);
             stream.bytes += len;
-            stream.chunks.push(append.data.clone());
+            // A request body may be a slice of a much larger connection buffer:
+            // keep an exact-size copy so memory held matches data stored.
+            stream.chunks.push(Bytes::copy_from_slice(&append.data));
         }
         super::apply_append(&mut stream.record, &append, len as u64);
         Ok(())
@@ -162,7 +164,7 @@ impl Storage for MemoryStorage {
                 stream.starts.push(record.tail);
                 record.tail += initial.len() as u64;
                 stream.record.tail = record.tail;
-                stream.chunks.push(initial);
+                stream.chunks.push(Bytes::copy_from_slice(&initial));
             }
             streams.insert(key.to_owned(), Arc::new(RwLock::new(stream)));
             CreateOutcome::Created
