@@ -23,19 +23,30 @@
 //! | `RUST_LOG` | `info` | log filter (tracing-subscriber syntax) |
 //!
 //! A bad value stops the server at start with a message naming the variable.
+//!
+//! `GET /healthz` answers 200 while the process runs; `GET /readyz` answers 200
+//! once storage is open (503 while a log is replayed). SIGINT or SIGTERM end live
+//! reads with their protocol answers and stop the process within a second.
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::response::IntoResponse;
+use axum::routing::get;
 use axum::Router;
 use http::{HeaderValue, Method};
+use http::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use std::convert::Infallible;
+use std::sync::OnceLock;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 use tower_durable_streams::protocol::{REQUEST_HEADERS, RESPONSE_HEADERS};
 use tower_durable_streams::storage::{Durability, FileStorage};
 use tower_durable_streams::{DurableStreamsService, MemoryStorage, Storage};
@@ -46,7 +57,7 @@ use tower_http::trace::TraceLayer;
 const BASE_PATH: &str = "/v1/stream";
 
 /// Describes the storage writer's work so far (logged at shutdown).
-type Describe = Box<dyn Fn() -> String + Send>;
+type Describe = Box<dyn Fn() -> String + Send + Sync>;
 
 /// Where streams are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +82,7 @@ impl FromStr for Mode {
     }
 }
 
+#[derive(Clone)]
 struct Settings {
     mode: Mode,
     data_dir: std::path::PathBuf,
@@ -186,7 +198,7 @@ impl Settings {
                     let describe = move || format!("{} redb write transactions", stats.commits());
                     (
                         Arc::new(storage) as Arc<dyn Storage>,
-                        Box::new(describe) as Box<dyn Fn() -> String + Send>,
+                        Box::new(describe) as Describe,
                     )
                 }),
             #[cfg(not(feature = "redb"))]
@@ -232,6 +244,7 @@ impl Settings {
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -243,36 +256,6 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    // Opening replays the log or the databases: blocking work, off the reactor.
-    let settings = Arc::new(settings);
-    let opening = settings.clone();
-    let opened = tokio::task::spawn_blocking(move || opening.storage())
-        .await
-        .unwrap_or_else(|e| Err(format!("opening storage panicked: {e}")));
-    let (storage, describe_storage) = match opened {
-        Ok(storage) => storage,
-        Err(message) => {
-            eprintln!("error: {message}");
-            std::process::exit(1);
-        }
-    };
-    let streams = DurableStreamsService::builder()
-        .storage_arc(storage)
-        .base_path(BASE_PATH)
-        .long_poll_timeout(settings.long_poll_timeout)
-        .sse_reconnect_interval(settings.sse_reconnect_interval)
-        .build()
-        .expect("settings were validated above");
-    if let Err(e) = streams.ready().await {
-        eprintln!("error: cannot load streams from storage: {e}");
-        std::process::exit(1);
-    }
-    tracing::info!(mode = ?settings.mode, "storage ready");
-    let app = Router::new()
-        .nest_service(BASE_PATH, streams)
-        .layer(settings.cors())
-        .layer(TraceLayer::new_for_http());
-
     let address = SocketAddr::new(settings.host, settings.port);
     let listener = match TcpListener::bind(address).await {
         Ok(listener) => listener,
@@ -282,12 +265,55 @@ async fn main() {
         }
     };
     let local = listener.local_addr().expect("bound socket has an address");
-    tracing::info!("serving Durable Streams at http://{local}{BASE_PATH}/");
     println!("listening on http://{local}{BASE_PATH}/");
+
+    // Storage opens in the background (replaying a log takes a while): until it
+    // is ready, /healthz answers and /readyz and the streams answer 503.
+    let shutdown = CancellationToken::new();
+    let ready: Arc<OnceLock<(DurableStreamsService, Describe)>> = Arc::new(OnceLock::new());
+    tokio::spawn(open_storage(
+        Arc::new(settings.clone()),
+        shutdown.clone(),
+        ready.clone(),
+    ));
+
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get({
+                let ready = ready.clone();
+                move || async move {
+                    match ready.get() {
+                        Some(_) => (StatusCode::OK, "ready\n"),
+                        None => (StatusCode::SERVICE_UNAVAILABLE, "opening storage\n"),
+                    }
+                }
+            }),
+        )
+        .nest_service(BASE_PATH, {
+            let ready = ready.clone();
+            tower::service_fn(move |request: Request<axum::body::Body>| {
+                let ready = ready.clone();
+                async move {
+                    Ok::<_, Infallible>(match ready.get() {
+                        Some((streams, _)) => {
+                            let Ok(response) = streams.clone().oneshot(request).await;
+                            response.into_response()
+                        }
+                        None => {
+                            (StatusCode::SERVICE_UNAVAILABLE, "opening storage\n").into_response()
+                        }
+                    })
+                }
+            })
+        })
+        .layer(settings.cors())
+        .layer(TraceLayer::new_for_http());
 
     let server = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut signal = std::pin::pin!(shutdown_signal());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -308,15 +334,58 @@ async fn main() {
                     }
                 });
             }
-            () = &mut shutdown => break,
+            () = &mut signal => break,
         }
     }
-    tracing::info!(storage = %describe_storage(), "shutting down");
-    eprintln!("storage: {}", describe_storage());
+    // Live readers get their final answers (204, a last SSE control event), then
+    // connections drain; after 900 ms whatever is left is cut. Every acknowledged
+    // write is already durable (or, in file-fast mode, with the OS).
+    tracing::info!("shutting down");
+    shutdown.cancel();
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        () = tokio::time::sleep(Duration::from_millis(900)) => {
+            tracing::warn!("connections still open after the grace period were closed");
+        }
     }
+    if let Some((_, describe)) = ready.get() {
+        tracing::info!(storage = %describe(), "stopped");
+        eprintln!("storage: {}", describe());
+    }
+}
+
+/// Opens storage off the reactor (replay is blocking work), loads its streams
+/// and publishes the ready service; exits the process if storage cannot open.
+async fn open_storage(
+    settings: Arc<Settings>,
+    shutdown: CancellationToken,
+    ready: Arc<OnceLock<(DurableStreamsService, Describe)>>,
+) {
+    let opening = settings.clone();
+    let opened = tokio::task::spawn_blocking(move || opening.storage())
+        .await
+        .unwrap_or_else(|e| Err(format!("opening storage panicked: {e}")));
+    let (storage, describe) = match opened {
+        Ok(storage) => storage,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
+    };
+    let streams = DurableStreamsService::builder()
+        .storage_arc(storage)
+        .base_path(BASE_PATH)
+        .long_poll_timeout(settings.long_poll_timeout)
+        .sse_reconnect_interval(settings.sse_reconnect_interval)
+        .shutdown(shutdown)
+        .build()
+        .expect("settings were validated at start");
+    if let Err(e) = streams.ready().await {
+        eprintln!("error: cannot load streams from storage: {e}");
+        std::process::exit(1);
+    }
+    tracing::info!(mode = ?settings.mode, "storage ready");
+    let _ = ready.set((streams, describe));
 }
 
 async fn shutdown_signal() {

@@ -6,123 +6,19 @@
 //! nothing unacknowledged may appear partially; a closed stream stays closed; and
 //! the producer's in-flight request, retried after the restart, is deduplicated.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use common::process::{server_binary, start, wait_ready, Client};
+use http::{Method, StatusCode};
 
 const ROUNDS: usize = 4;
 const BINARY_WRITERS: usize = 4;
-
-/// Builds (if needed) and locates the example server.
-fn server_binary() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--features",
-            "redb",
-            "--example",
-            "server",
-        ])
-        .current_dir(manifest)
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build --example server failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("target"));
-    target.join("debug").join("examples").join("server")
-}
-
-struct Server {
-    child: Child,
-    address: SocketAddr,
-}
-
-fn start(binary: &Path, mode: &str, dir: &Path) -> Server {
-    let mut child = Command::new(binary)
-        .env("DS_SERVER__HOST", "127.0.0.1")
-        .env("DS_SERVER__PORT", "0")
-        .env("DS_STORAGE__MODE", mode)
-        .env("DS_STORAGE__DATA_DIR", dir)
-        .env("DS_STORAGE__ACID_SHARD_COUNT", "4")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start server");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read banner");
-    let address = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected banner {line:?}"));
-    Server { child, address }
-}
-
-impl Server {
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-/// A keep-alive HTTP/1.1 connection.
-struct Client(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
-
-impl Client {
-    async fn connect(address: SocketAddr) -> Option<Client> {
-        let stream = TcpStream::connect(address).await.ok()?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .ok()?;
-        tokio::spawn(connection);
-        Some(Client(sender))
-    }
-
-    /// Sends a request; `None` if the connection broke (the server died).
-    async fn send(
-        &mut self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, String)],
-        body: Bytes,
-    ) -> Option<(StatusCode, http::HeaderMap, Bytes)> {
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(format!("/v1/stream{path}"))
-            .header("host", "localhost");
-        for (name, value) in headers {
-            builder = builder.header(*name, value);
-        }
-        self.0.ready().await.ok()?;
-        let response = self
-            .0
-            .send_request(builder.body(Full::new(body)).ok()?)
-            .await
-            .ok()?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.ok()?.to_bytes();
-        Some((parts.status, parts.headers, body))
-    }
-}
 
 /// What the writers know: per stream, tokens acknowledged and tokens in doubt.
 #[derive(Default, Clone)]
@@ -251,6 +147,7 @@ async fn run_mode(mode: &str) {
     for round in 0..ROUNDS {
         let server = start(&binary, mode, dir.path());
         let address = server.address;
+        wait_ready(address).await;
         let mut client = Client::connect(address).await.expect("connect");
         if round == 0 {
             for (path, ct) in [
@@ -439,6 +336,7 @@ async fn run_mode(mode: &str) {
     // A last restart: everything is checked once more, and the closed stream
     // refuses appends.
     let server = start(&binary, mode, dir.path());
+    wait_ready(server.address).await;
     {
         let ledger = ledger.lock().expect("ledger").clone();
         verify(server.address, &ledger).await;

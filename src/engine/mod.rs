@@ -441,12 +441,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Expires every stream whose time has come; returns how many were found due.
-    /// The service runs this periodically so that expired streams are cleaned up
-    /// without a request having to touch them.
-    pub async fn sweep_expired(&self) -> usize {
-        let due: Vec<String> = self
-            .shards
+    /// The streams whose time has come (a quick scan that does not wait).
+    pub fn due_for_expiry(&self) -> Vec<String> {
+        self.shards
             .iter()
             .flat_map(|shard| {
                 let shard = shard.read().unwrap_or_else(|e| e.into_inner());
@@ -461,13 +458,16 @@ impl Engine {
                     .map(|(k, _)| k.clone())
                     .collect::<Vec<_>>()
             })
-            .collect();
-        for key in &due {
+            .collect()
+    }
+
+    /// Expires the given streams if they are still due.
+    pub async fn expire_all(&self, keys: &[String]) {
+        for key in keys {
             if let Err(e) = self.expire(key).await {
                 tracing::warn!(stream = %key, error = %e, "could not expire stream");
             }
         }
-        due.len()
     }
 
     /// A stream's metadata, for `HEAD`. Does not renew a TTL.

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_core::Stream;
 use http_body::{Frame, SizeHint};
+use sync_wrapper::SyncWrapper;
 
 /// The error a streaming response body can end with (a storage failure mid-read).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -43,7 +44,9 @@ enum Kind {
         chunks: VecDeque<Bytes>,
         remaining: u64,
     },
-    Stream(BoxStream),
+    // `SyncWrapper` makes the body `Sync` (only `&mut` access ever reaches the
+    // stream), so hosts can box it into `http_body_util::combinators::BoxBody`.
+    Stream(SyncWrapper<BoxStream>),
 }
 
 impl ResponseBody {
@@ -62,7 +65,7 @@ impl ResponseBody {
         S: Stream<Item = Result<Bytes, BoxError>> + Send + 'static,
     {
         ResponseBody {
-            kind: Kind::Stream(Box::pin(stream)),
+            kind: Kind::Stream(SyncWrapper::new(Box::pin(stream))),
         }
     }
 }
@@ -105,6 +108,7 @@ impl http_body::Body for ResponseBody {
                 Ok(Frame::data(c))
             })),
             Kind::Stream(stream) => stream
+                .get_mut()
                 .as_mut()
                 .poll_next(cx)
                 .map(|item| item.map(|r| r.map(Frame::data))),
@@ -125,5 +129,16 @@ impl http_body::Body for ResponseBody {
             Kind::Chunks { remaining, .. } => SizeHint::with_exact(*remaining),
             Kind::Stream(_) => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_is_send_sync_unpin_and_default() {
+        fn host_friendly<T: Send + Sync + Unpin + Default + From<Bytes> + 'static>() {}
+        host_friendly::<ResponseBody>();
     }
 }

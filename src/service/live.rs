@@ -52,13 +52,18 @@ pub(crate) async fn long_poll(
     }
     let deadline = Instant::now() + inner.long_poll_timeout;
     loop {
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Err(_) => {
+        let changed = tokio::select! {
+            woken = tokio::time::timeout_at(deadline, rx.changed()) => woken.ok(),
+            // Shutting down: answer as if the wait had timed out.
+            () = inner.shutdown.cancelled() => None,
+        };
+        match changed {
+            None => {
                 let tail = rx.borrow().tail.max(position);
                 return Ok(no_content(tail, false, Some(&cursor)));
             }
-            Ok(Err(_)) => return Err(EngineError::NotFound.into()),
-            Ok(Ok(())) => {
+            Some(Err(_)) => return Err(EngineError::NotFound.into()),
+            Some(Ok(())) => {
                 let view = rx.borrow_and_update().clone();
                 check_same_stream(&view, &config)?;
                 if view.tail > position {
@@ -230,6 +235,13 @@ async fn next_event(state: &mut SseState) -> Result<Option<Bytes>, EngineError> 
                 }
             }
             () = tokio::time::sleep_until(state.deadline) => return Ok(None),
+            () = state.inner.shutdown.cancelled() => {
+                // Shutting down: a last control event, then the response ends
+                // and the client reconnects elsewhere from that offset.
+                state.done = true;
+                let up_to_date = state.position >= view.tail;
+                return Ok(Some(control(state, state.position, up_to_date, false)));
+            }
         }
     }
 }

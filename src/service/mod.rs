@@ -20,9 +20,12 @@ use http::header::{
     HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, HOST, IF_NONE_MATCH,
     LOCATION, X_CONTENT_TYPE_OPTIONS,
 };
+use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
+use tokio_util::sync::CancellationToken;
 
+use crate::auth::{AuthorizeRequest, Authorizer, Operation, ReadMode};
 use crate::engine::{AppendKind, AppendRequest, CreateRequest, Engine, ForkRequest, ReadResult};
 use crate::protocol::{
     etag, etag_matches, format_rfc3339, is_json, is_true_flag, is_valid_content_type,
@@ -87,10 +90,12 @@ pub enum BuildError {
 ///     .expect("valid settings");
 /// # let _ = service;
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct Builder {
     storage: Option<Arc<dyn Storage>>,
+    authorizer: Option<Arc<dyn Authorizer>>,
+    shutdown: Option<CancellationToken>,
     base_path: Option<String>,
     long_poll_timeout: Duration,
     sse_reconnect_interval: Duration,
@@ -105,6 +110,8 @@ impl Default for Builder {
     fn default() -> Self {
         Builder {
             storage: None,
+            authorizer: None,
+            shutdown: None,
             base_path: None,
             long_poll_timeout: Duration::from_secs(30),
             sse_reconnect_interval: Duration::from_secs(60),
@@ -114,6 +121,20 @@ impl Default for Builder {
             cache_policy: CachePolicy::Public,
             expiry_sweep_interval: Duration::from_secs(1),
         }
+    }
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("storage", &self.storage)
+            .field("authorizer", &self.authorizer.is_some())
+            .field("base_path", &self.base_path)
+            .field("long_poll_timeout", &self.long_poll_timeout)
+            .field("sse_reconnect_interval", &self.sse_reconnect_interval)
+            .field("max_append_bytes", &self.max_append_bytes)
+            .field("max_read_bytes", &self.max_read_bytes)
+            .finish_non_exhaustive()
     }
 }
 
@@ -127,6 +148,23 @@ impl Builder {
     /// Where streams are kept, as a shared handle. Defaults to a new [`MemoryStorage`].
     pub fn storage_arc(mut self, storage: Arc<dyn Storage>) -> Self {
         self.storage = Some(storage);
+        self
+    }
+
+    /// The host's per-stream authorization decision, asked before every
+    /// operation (see [`auth`](crate::auth)). A refusal is answered with 401 or
+    /// 403 and nothing is written. Defaults to none: everything is allowed.
+    pub fn authorize(mut self, authorizer: impl Authorizer) -> Self {
+        self.authorizer = Some(Arc::new(authorizer));
+        self
+    }
+
+    /// A token that, once cancelled, ends live reads promptly with their
+    /// protocol answers: pending long-polls answer 204, SSE responses send a
+    /// last control event and close. Cancel it when the host shuts down.
+    /// Defaults to a token nobody cancels.
+    pub fn shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = Some(token);
         self
     }
 
@@ -221,6 +259,8 @@ impl Builder {
         Ok(DurableStreamsService {
             inner: Arc::new(Inner {
                 engine: Engine::new(storage, self.max_read_bytes),
+                authorizer: self.authorizer,
+                shutdown: self.shutdown.unwrap_or_default(),
                 sweeper: std::sync::Once::new(),
                 expiry_sweep_interval: self.expiry_sweep_interval,
                 base_path: self.base_path,
@@ -286,6 +326,8 @@ impl DurableStreamsService {
 
 pub(crate) struct Inner {
     engine: Engine,
+    authorizer: Option<Arc<dyn Authorizer>>,
+    shutdown: CancellationToken,
     sweeper: std::sync::Once,
     expiry_sweep_interval: Duration,
     base_path: Option<String>,
@@ -307,15 +349,23 @@ impl Inner {
             let weak = Arc::downgrade(self);
             let period = self.expiry_sweep_interval;
             runtime.spawn(async move {
-                let mut ticker = tokio::time::interval(period);
+                let start = tokio::time::Instant::now() + period;
+                let mut ticker = tokio::time::interval_at(start, period);
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     ticker.tick().await;
-                    let Some(inner) = weak.upgrade() else { return };
-                    let expired = inner.engine.sweep_expired().await;
-                    if expired > 0 {
-                        tracing::debug!(expired, "removed expired streams");
+                    // Hold the service only while there is work, so dropping it
+                    // releases its storage at once.
+                    let due = match weak.upgrade() {
+                        Some(inner) => inner.engine.due_for_expiry(),
+                        None => return,
+                    };
+                    if due.is_empty() {
+                        continue;
                     }
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.engine.expire_all(&due).await;
+                    tracing::debug!(expired = due.len(), "removed expired streams");
                 }
             });
         });
@@ -362,11 +412,22 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let key = stream_key(request.uri().path(), inner.base_path.as_deref())?;
-    match *request.method() {
-        Method::PUT => create(inner, key, request).await,
-        Method::POST => append(inner, key, request).await,
-        Method::GET => read(inner, key, request).await,
+    let (parts, body) = request.into_parts();
+    let key = stream_key(parts.uri.path(), inner.base_path.as_deref())?;
+    let parts = Arc::new(parts);
+    if let Some(authorizer) = &inner.authorizer {
+        let body_empty = body.size_hint().exact() == Some(0);
+        for operation in operations(&inner, &parts, &key, body_empty)? {
+            let request = AuthorizeRequest::new(parts.clone(), operation);
+            if let Err(refusal) = authorizer.authorize(request).await {
+                return Err(Problem::refused(refusal));
+            }
+        }
+    }
+    match parts.method {
+        Method::PUT => create(inner, key, &parts, body).await,
+        Method::POST => append(inner, key, &parts, body).await,
+        Method::GET => read(inner, key, &parts).await,
         Method::HEAD => head(inner, key).await,
         Method::DELETE => {
             inner.engine.delete(&key).await?;
@@ -380,10 +441,55 @@ where
         _ => Err(Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "METHOD_NOT_ALLOWED",
-            format!("{} is not a Durable Streams operation", request.method()),
+            format!("{} is not a Durable Streams operation", parts.method),
         )
         .header(ALLOW, "GET, HEAD, PUT, POST, DELETE, OPTIONS")),
     }
+}
+
+/// The operations a request asks the authorizer about, in order: a fork is a
+/// read of its source and then the creation of its target.
+fn operations(
+    inner: &Inner,
+    parts: &Parts,
+    key: &str,
+    body_empty: bool,
+) -> Result<Vec<Operation>, Problem> {
+    let path = key.to_owned();
+    Ok(match parts.method {
+        Method::PUT => match header_str(&parts.headers, &STREAM_FORKED_FROM)? {
+            Some(source) => {
+                let source = fork_source_key(source, inner.base_path.as_deref())?;
+                vec![
+                    Operation::Read {
+                        path: source.clone(),
+                        mode: ReadMode::ForkSource,
+                    },
+                    Operation::Fork { path, source },
+                ]
+            }
+            None => vec![Operation::Create { path }],
+        },
+        Method::POST => {
+            let closes = closed_flag(&parts.headers);
+            if closes && body_empty {
+                vec![Operation::Close { path }]
+            } else {
+                vec![Operation::Append { path, closes }]
+            }
+        }
+        Method::GET => {
+            let mode = match parse_query(parts.uri.query())?.live.as_deref() {
+                Some("long-poll") => ReadMode::LongPoll,
+                Some("sse") => ReadMode::Sse,
+                _ => ReadMode::CatchUp,
+            };
+            vec![Operation::Read { path, mode }]
+        }
+        Method::HEAD => vec![Operation::Head { path }],
+        Method::DELETE => vec![Operation::Delete { path }],
+        _ => Vec::new(),
+    })
 }
 
 fn allowed() -> HeaderValue {
@@ -403,10 +509,7 @@ fn set(headers: &mut HeaderMap, name: http::HeaderName, value: impl ToString) {
 }
 
 /// Reads a request body up to the configured limit (413 beyond it).
-async fn body_bytes<B>(
-    inner: &Inner,
-    request: Request<B>,
-) -> Result<(http::request::Parts, Bytes), Problem>
+async fn body_bytes<B>(inner: &Inner, headers: &HeaderMap, body: B) -> Result<Bytes, Problem>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -418,23 +521,26 @@ where
             format!("request body exceeds {} bytes", inner.max_append_bytes),
         )
     };
-    let declared =
-        header_str(request.headers(), &CONTENT_LENGTH)?.and_then(|v| v.parse::<u64>().ok());
+    let declared = header_str(headers, &CONTENT_LENGTH)?.and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > inner.max_append_bytes as u64) {
         return Err(too_large());
     }
-    let (parts, body) = request.into_parts();
     let collected = Limited::new(body, inner.max_append_bytes)
         .collect()
         .await
         .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                too_large()
-            } else {
-                Problem::bad_request(format!("could not read the request body: {e}"))
+            // The limit may be ours or a host layer's (tower-http's
+            // RequestBodyLimitLayer): look for it anywhere in the chain.
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+            while let Some(error) = cause {
+                if error.is::<http_body_util::LengthLimitError>() {
+                    return too_large();
+                }
+                cause = error.source();
             }
+            Problem::bad_request(format!("could not read the request body: {e}"))
         })?;
-    Ok((parts, collected.to_bytes()))
+    Ok(collected.to_bytes())
 }
 
 fn content_type(headers: &HeaderMap) -> Result<Option<String>, Problem> {
@@ -455,13 +561,14 @@ fn closed_flag(headers: &HeaderMap) -> bool {
 async fn create<B>(
     inner: Arc<Inner>,
     key: String,
-    request: Request<B>,
+    parts: &Parts,
+    body: B,
 ) -> Result<Response<ResponseBody>, Problem>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let headers = request.headers();
+    let headers = &parts.headers;
     let content_type = content_type(headers)?;
     let ttl = header_str(headers, &STREAM_TTL)?
         .map(parse_ttl)
@@ -514,8 +621,8 @@ where
         None => None,
     };
     let closed = closed_flag(headers);
-    let location = location(&inner, &request, &key);
-    let (_, body) = body_bytes(&inner, request).await?;
+    let location = location(&inner, parts, &key);
+    let body = body_bytes(&inner, headers, body).await?;
     let created = inner
         .engine
         .create(
@@ -553,13 +660,13 @@ fn bad(error: crate::protocol::HeaderError) -> Problem {
 }
 
 /// The absolute URL of a stream, from the request's scheme and `Host`.
-fn location<B>(inner: &Inner, request: &Request<B>, key: &str) -> Option<String> {
-    let host = request
-        .headers()
+fn location(inner: &Inner, parts: &Parts, key: &str) -> Option<String> {
+    let host = parts
+        .headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))?;
-    let scheme = request.uri().scheme_str().unwrap_or("http");
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))?;
+    let scheme = parts.uri.scheme_str().unwrap_or("http");
     let base = inner.base_path.as_deref().unwrap_or("");
     Some(format!("{scheme}://{host}{base}{key}"))
 }
@@ -567,13 +674,14 @@ fn location<B>(inner: &Inner, request: &Request<B>, key: &str) -> Option<String>
 async fn append<B>(
     inner: Arc<Inner>,
     key: String,
-    request: Request<B>,
+    parts: &Parts,
+    body: B,
 ) -> Result<Response<ResponseBody>, Problem>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let headers = request.headers();
+    let headers = &parts.headers;
     let producer = parse_producer(
         header_str(headers, &PRODUCER_ID)?,
         header_str(headers, &PRODUCER_EPOCH)?,
@@ -583,7 +691,7 @@ where
     let stream_seq = header_str(headers, &STREAM_SEQ)?.map(str::to_owned);
     let close = closed_flag(headers);
     let content_type = header_str(headers, &CONTENT_TYPE)?.map(str::to_owned);
-    let (_, body) = body_bytes(&inner, request).await?;
+    let body = body_bytes(&inner, headers, body).await?;
     if body.is_empty() && !close {
         return Err(Problem::bad_request(
             "an append needs a non-empty body (or Stream-Closed: true to close)",
@@ -659,12 +767,12 @@ async fn head(inner: Arc<Inner>, key: String) -> Result<Response<ResponseBody>, 
     Ok(response)
 }
 
-async fn read<B>(
+async fn read(
     inner: Arc<Inner>,
     key: String,
-    request: Request<B>,
+    parts: &Parts,
 ) -> Result<Response<ResponseBody>, Problem> {
-    let query = parse_query(request.uri().query())?;
+    let query = parse_query(parts.uri.query())?;
     let from = match query.offset.as_deref() {
         Some(value) => Some(ReadFrom::parse(value).map_err(|_| {
             Problem::bad_request(format!(
@@ -677,24 +785,21 @@ async fn read<B>(
         None => {
             let from = from.unwrap_or(ReadFrom::Start);
             let result = inner.engine.read(&key, from).await?;
-            let if_none_match = request
-                .headers()
+            let if_none_match = parts
+                .headers
                 .get(IF_NONE_MATCH)
                 .and_then(|v| v.to_str().ok());
-            Ok(catch_up_response(
+            let mut response = catch_up_response(
                 &inner,
                 result,
                 if_none_match.filter(|_| from != ReadFrom::Now),
-            )
-            .map(|body| body))
-            .map(|mut response| {
-                if from == ReadFrom::Now {
-                    let headers = response.headers_mut();
-                    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                    headers.remove(ETAG);
-                }
-                response
-            })
+            );
+            if from == ReadFrom::Now {
+                let headers = response.headers_mut();
+                headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                headers.remove(ETAG);
+            }
+            Ok(response)
         }
         Some(mode @ ("long-poll" | "sse")) => {
             let from = from.ok_or_else(|| {

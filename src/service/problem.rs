@@ -65,6 +65,22 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// The answer to a refused authorization.
+    pub fn refused(refusal: crate::auth::Refusal) -> Self {
+        let code = if refusal.status() == StatusCode::UNAUTHORIZED {
+            "UNAUTHORIZED"
+        } else {
+            "FORBIDDEN"
+        };
+        let mut problem = Problem::new(refusal.status(), code, refusal.detail());
+        if let Some(challenge) = refusal.challenge() {
+            problem = problem.header(http::header::WWW_AUTHENTICATE, challenge);
+        }
+        problem
+    }
+}
+
 impl From<EngineError> for Problem {
     fn from(error: EngineError) -> Self {
         let detail = error.to_string();

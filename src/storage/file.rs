@@ -535,6 +535,9 @@ impl LogWriter {
             if result.is_err() {
                 shared.poisoned.store(true, Ordering::Release);
             }
+            // Let go of the store before answering: once a caller has its answer
+            // and drops the store, nothing here may keep it (and its lock) alive.
+            drop(shared);
             for finish in done {
                 finish(match &result {
                     Ok(()) => Ok(()),

@@ -1,6 +1,8 @@
 //! Helpers for driving the service with `tower::ServiceExt::oneshot`, no socket.
 #![allow(dead_code)]
 
+pub mod process;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};

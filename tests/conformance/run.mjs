@@ -68,6 +68,12 @@ const baseUrl = await new Promise((resolve) => {
     }
   })
 })
+for (let i = 0; ; i++) {
+  const ready = await fetch(`${baseUrl}/readyz`).then((r) => r.ok, () => false)
+  if (ready) break
+  if (i > 300) fail("server did not become ready within 30 s")
+  await new Promise((r) => setTimeout(r, 100))
+}
 console.log(`conformance: server at ${baseUrl} (storage mode ${mode})`)
 
 const report = join(here, "report.json")

@@ -1,0 +1,133 @@
+//! Running the example server as a child process, and a small keep-alive client.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Builds (if needed) and locates the example server.
+pub fn server_binary() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--features",
+            "redb",
+            "--example",
+            "server",
+        ])
+        .current_dir(manifest)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build --example server failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("target"));
+    target.join("debug").join("examples").join("server")
+}
+
+pub struct Server {
+    pub child: Child,
+    pub address: SocketAddr,
+}
+
+pub fn start(binary: &Path, mode: &str, dir: &Path) -> Server {
+    let mut child = Command::new(binary)
+        .env("DS_SERVER__HOST", "127.0.0.1")
+        .env("DS_SERVER__PORT", "0")
+        .env("DS_STORAGE__MODE", mode)
+        .env("DS_STORAGE__DATA_DIR", dir)
+        .env("DS_STORAGE__ACID_SHARD_COUNT", "4")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read banner");
+    let address = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected banner {line:?}"));
+    Server { child, address }
+}
+
+/// Waits until the server has opened its storage (`/readyz` answers 200).
+pub async fn wait_ready(address: SocketAddr) {
+    for _ in 0..300 {
+        if let Some(mut client) = Client::connect(address).await {
+            let request = Request::get("/readyz")
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            if let Ok(response) = client.0.send_request(request).await {
+                if response.status() == StatusCode::OK {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("server at {address} did not become ready");
+}
+
+impl Server {
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct Client(pub hyper::client::conn::http1::SendRequest<Full<Bytes>>);
+
+impl Client {
+    pub async fn connect(address: SocketAddr) -> Option<Client> {
+        let stream = TcpStream::connect(address).await.ok()?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(connection);
+        Some(Client(sender))
+    }
+
+    /// Sends a request; `None` if the connection broke (the server died).
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Option<(StatusCode, http::HeaderMap, Bytes)> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("/v1/stream{path}"))
+            .header("host", "localhost");
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
+        }
+        self.0.ready().await.ok()?;
+        let response = self
+            .0
+            .send_request(builder.body(Full::new(body)).ok()?)
+            .await
+            .ok()?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        Some((parts.status, parts.headers, body))
+    }
+}
