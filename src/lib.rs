@@ -56,6 +56,8 @@ pub mod auth;
 #[doc = include_str!("../docs/embedding.md")]
 pub mod guide {}
 pub mod engine;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod protocol;
 mod service;
 pub mod storage;

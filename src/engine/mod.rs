@@ -87,6 +87,12 @@ pub enum EngineError {
         /// Received sequence.
         received: u64,
     },
+    /// The append would make the stream longer than the configured maximum (413).
+    #[error("the append would make the stream longer than {limit} bytes")]
+    StreamTooLarge {
+        /// The per-stream limit.
+        limit: u64,
+    },
     /// The storage layer failed (500, or 507 when full).
     #[error("storage failure")]
     Storage(#[from] StorageError),
@@ -298,6 +304,7 @@ pub struct Engine {
     shards: Box<[Shard]>,
     loaded: OnceCell<()>,
     max_read_bytes: usize,
+    max_stream_bytes: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -317,6 +324,24 @@ impl Engine {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             loaded: OnceCell::new(),
             max_read_bytes: max_read_bytes.max(1),
+            max_stream_bytes: u64::MAX,
+        }
+    }
+
+    /// Refuses appends (and creates) that would make a stream longer than
+    /// `limit` bytes, counting inherited fork bytes. Unlimited by default.
+    pub fn with_max_stream_bytes(mut self, limit: u64) -> Self {
+        self.max_stream_bytes = limit;
+        self
+    }
+
+    fn check_size(&self, tail: u64) -> Result<(), EngineError> {
+        if tail > self.max_stream_bytes {
+            Err(EngineError::StreamTooLarge {
+                limit: self.max_stream_bytes,
+            })
+        } else {
+            Ok(())
         }
     }
 
@@ -544,6 +569,7 @@ impl Engine {
         record: StreamRecord,
         initial: Bytes,
     ) -> Result<Created, EngineError> {
+        self.check_size(record.tail + initial.len() as u64)?;
         match self
             .storage
             .create(key, record.clone(), initial.clone())
@@ -819,6 +845,7 @@ impl Engine {
             close,
         };
         let new_tail = record.tail + append.data.len() as u64;
+        self.check_size(new_tail)?;
         let closed = append.close.is_some();
         {
             let r = writer

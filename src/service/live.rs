@@ -41,6 +41,7 @@ pub(crate) async fn long_poll(
     from: ReadFrom,
     cursor: Option<String>,
 ) -> Result<Response<ResponseBody>, Problem> {
+    let _permit = super::reader_permit(&inner)?;
     let (mut rx, first) = start(&inner, &key, from).await?;
     let cursor = inner.cursor.cursor(cursor.as_deref()).to_string();
     if first.end > first.start {
@@ -123,6 +124,8 @@ struct SseState {
     deadline: Instant,
     sent_control: bool,
     done: bool,
+    /// Held for as long as the response streams.
+    _permit: super::ReaderSlot,
 }
 
 /// `GET ?live=sse`.
@@ -132,6 +135,7 @@ pub(crate) async fn sse(
     from: ReadFrom,
     cursor: Option<String>,
 ) -> Result<Response<ResponseBody>, Problem> {
+    let permit = super::reader_permit(&inner)?;
     let (rx, first) = start(&inner, &key, from).await?;
     let encoding = if is_sse_text(&first.config.content_type) {
         SseEncoding::Text
@@ -149,6 +153,7 @@ pub(crate) async fn sse(
         encoding,
         sent_control: false,
         done: false,
+        _permit: permit,
     };
     let events = futures_util::stream::unfold(state, |mut state| async move {
         if state.done {

@@ -23,6 +23,7 @@ use http::header::{
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthorizeRequest, Authorizer, Operation, ReadMode};
@@ -104,6 +105,11 @@ pub struct Builder {
     max_read_bytes: usize,
     cache_policy: CachePolicy,
     expiry_sweep_interval: Duration,
+    max_stream_bytes: Option<u64>,
+    max_live_readers: usize,
+    max_inflight_writes: usize,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Default for Builder {
@@ -120,6 +126,11 @@ impl Default for Builder {
             max_read_bytes: 1024 * 1024,
             cache_policy: CachePolicy::Public,
             expiry_sweep_interval: Duration::from_secs(1),
+            max_stream_bytes: None,
+            max_live_readers: 10_000,
+            max_inflight_writes: 1_024,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 }
@@ -217,6 +228,36 @@ impl Builder {
         self
     }
 
+    /// The longest a stream may grow, in bytes (inherited fork bytes count); the
+    /// create or append that would cross it gets 413 and nothing is written.
+    /// Defaults to no limit.
+    pub fn max_stream_bytes(mut self, bytes: u64) -> Self {
+        self.max_stream_bytes = Some(bytes);
+        self
+    }
+
+    /// The most long-poll and SSE reads served at once; more get 429 with
+    /// `Retry-After` instead of queueing. Defaults to 10,000.
+    pub fn max_live_readers(mut self, readers: usize) -> Self {
+        self.max_live_readers = readers;
+        self
+    }
+
+    /// The most creates, appends and deletes in progress at once; more get 503
+    /// with `Retry-After` instead of queueing. Defaults to 1,024.
+    pub fn max_inflight_writes(mut self, writes: usize) -> Self {
+        self.max_inflight_writes = writes;
+        self
+    }
+
+    /// Counts requests, latency, appends, bytes and live readers into
+    /// `metrics` (feature `metrics`). Defaults to none.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// How often expired streams that nobody touches are removed.
     /// Defaults to 1 second.
     pub fn expiry_sweep_interval(mut self, interval: Duration) -> Self {
@@ -248,6 +289,8 @@ impl Builder {
         for (name, value) in [
             ("max_append_bytes", self.max_append_bytes),
             ("max_read_bytes", self.max_read_bytes),
+            ("max_live_readers", self.max_live_readers),
+            ("max_inflight_writes", self.max_inflight_writes),
         ] {
             if value == 0 {
                 return Err(BuildError::ZeroSize(name));
@@ -258,7 +301,12 @@ impl Builder {
             .unwrap_or_else(|| Arc::new(MemoryStorage::new()));
         Ok(DurableStreamsService {
             inner: Arc::new(Inner {
-                engine: Engine::new(storage, self.max_read_bytes),
+                engine: Engine::new(storage, self.max_read_bytes)
+                    .with_max_stream_bytes(self.max_stream_bytes.unwrap_or(u64::MAX)),
+                live_readers: Arc::new(Semaphore::new(self.max_live_readers)),
+                #[cfg(feature = "metrics")]
+                metrics: self.metrics,
+                inflight_writes: Arc::new(Semaphore::new(self.max_inflight_writes)),
                 authorizer: self.authorizer,
                 shutdown: self.shutdown.unwrap_or_default(),
                 sweeper: std::sync::Once::new(),
@@ -326,6 +374,10 @@ impl DurableStreamsService {
 
 pub(crate) struct Inner {
     engine: Engine,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Metrics>,
+    live_readers: Arc<Semaphore>,
+    inflight_writes: Arc<Semaphore>,
     authorizer: Option<Arc<dyn Authorizer>>,
     shutdown: CancellationToken,
     sweeper: std::sync::Once,
@@ -389,10 +441,45 @@ where
         let inner = self.inner.clone();
         inner.start_sweeper();
         ResponseFuture::new(async move {
+            let started = std::time::Instant::now();
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            let operation = operation_name(&method, request.uri().query());
+            let request_bytes = http_body::Body::size_hint(request.body()).exact();
+            #[cfg(feature = "metrics")]
+            let metrics = inner.metrics.clone();
             let mut response = match handle(inner, request).await {
                 Ok(response) => response,
                 Err(problem) => problem.into_response(),
             };
+            let elapsed = started.elapsed();
+            // One structured line per request; no header is logged, so no
+            // credential can leak into logs.
+            tracing::debug!(
+                target: "tower_durable_streams::access",
+                %method,
+                stream = %path,
+                operation,
+                status = response.status().as_u16(),
+                latency_us = elapsed.as_micros() as u64,
+                request_bytes,
+                response_bytes = http_body::Body::size_hint(response.body()).exact(),
+                "request"
+            );
+            #[cfg(feature = "metrics")]
+            if let Some(metrics) = &metrics {
+                metrics.request(operation, response.status().as_u16(), elapsed);
+                if operation == "append" && response.status().is_success() {
+                    metrics.appended(request_bytes.unwrap_or(0) as usize);
+                }
+                if operation.starts_with("read") && response.status() == StatusCode::OK {
+                    metrics.read(
+                        http_body::Body::size_hint(response.body())
+                            .exact()
+                            .unwrap_or(0),
+                    );
+                }
+            }
             let headers = response.headers_mut();
             headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
             headers.insert(
@@ -424,6 +511,10 @@ where
             }
         }
     }
+    let _write = match parts.method {
+        Method::PUT | Method::POST | Method::DELETE => Some(write_permit(&inner)?),
+        _ => None,
+    };
     match parts.method {
         Method::PUT => create(inner, key, &parts, body).await,
         Method::POST => append(inner, key, &parts, body).await,
@@ -445,6 +536,79 @@ where
         )
         .header(ALLOW, "GET, HEAD, PUT, POST, DELETE, OPTIONS")),
     }
+}
+
+/// A short name of the operation a request asks for (for logs and metrics).
+fn operation_name(method: &Method, query: Option<&str>) -> &'static str {
+    match *method {
+        Method::PUT => "create",
+        Method::POST => "append",
+        Method::HEAD => "head",
+        Method::DELETE => "delete",
+        Method::GET => match query.unwrap_or_default() {
+            q if q.contains("live=sse") => "read_sse",
+            q if q.contains("live=long-poll") => "read_long_poll",
+            _ => "read",
+        },
+        _ => "other",
+    }
+}
+
+/// A slot among the writes in progress, or 503 with `Retry-After`.
+fn write_permit(inner: &Inner) -> Result<OwnedSemaphorePermit, Problem> {
+    inner
+        .inflight_writes
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "TOO_MANY_WRITES",
+                "too many writes in progress; retry shortly",
+            )
+            .header(http::header::RETRY_AFTER, 1)
+        })
+}
+
+/// A live reader's slot; counted in the metrics while held.
+pub(crate) struct ReaderSlot {
+    _permit: OwnedSemaphorePermit,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Metrics>,
+}
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics.live_reader(-1);
+        }
+    }
+}
+
+/// A slot among the live readers, or 429 with `Retry-After`.
+pub(crate) fn reader_permit(inner: &Inner) -> Result<ReaderSlot, Problem> {
+    let permit = inner
+        .live_readers
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_LIVE_READERS",
+                "too many live readers; retry shortly",
+            )
+            .header(http::header::RETRY_AFTER, 1)
+        })?;
+    #[cfg(feature = "metrics")]
+    if let Some(metrics) = &inner.metrics {
+        metrics.live_reader(1);
+    }
+    Ok(ReaderSlot {
+        _permit: permit,
+        #[cfg(feature = "metrics")]
+        metrics: inner.metrics.clone(),
+    })
 }
 
 /// The operations a request asks the authorizer about, in order: a fork is a

@@ -114,10 +114,13 @@ impl From<EngineError> for Problem {
                     .header(PRODUCER_EXPECTED_SEQ, expected)
                     .header(PRODUCER_RECEIVED_SEQ, received)
             }
+            EngineError::StreamTooLarge { .. } => {
+                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "STREAM_TOO_LARGE", detail)
+            }
             EngineError::Storage(StorageError::Full) => Problem::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "STORAGE_FULL",
-                "storage is full",
+                "the storage backend is full; nothing was written",
             ),
             EngineError::Storage(e) => {
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e), "storage failure");

@@ -24,9 +24,21 @@ use super::{
 ///     .unwrap();
 /// # let _ = service;
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MemoryStorage {
     streams: Arc<RwLock<HashMap<String, Arc<RwLock<MemStream>>>>>,
+    held: Arc<std::sync::atomic::AtomicU64>,
+    max_bytes: u64,
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        MemoryStorage {
+            streams: Arc::default(),
+            held: Arc::default(),
+            max_bytes: u64::MAX,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -46,13 +58,42 @@ impl MemoryStorage {
         Self::default()
     }
 
+    /// Refuses creates and appends that would hold more than `max_bytes` of
+    /// stream data in total ([`StorageError::Full`], answered 507). Unlimited by
+    /// default.
+    ///
+    /// ```
+    /// use tower_durable_streams::MemoryStorage;
+    ///
+    /// let storage = MemoryStorage::new().with_max_bytes(512 * 1024 * 1024);
+    /// # let _ = storage;
+    /// ```
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
     /// Total bytes of stream data held.
-    pub fn data_bytes(&self) -> usize {
-        let streams = self.streams.read().unwrap_or_else(|e| e.into_inner());
-        streams
-            .values()
-            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).bytes)
-            .sum()
+    pub fn data_bytes(&self) -> u64 {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reserves room for `len` more bytes, or reports the store full.
+    fn reserve(&self, len: usize) -> Result<(), StorageError> {
+        use std::sync::atomic::Ordering;
+        let len = len as u64;
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(len)
+                    .filter(|&total| total <= self.max_bytes)
+            })
+            .map(drop)
+            .map_err(|_| StorageError::Full)
+    }
+
+    fn release(&self, len: usize) {
+        self.held
+            .fetch_sub(len as u64, std::sync::atomic::Ordering::AcqRel);
     }
 
     fn stream(&self, key: &str) -> Result<Arc<RwLock<MemStream>>, StorageError> {
@@ -71,6 +112,7 @@ impl MemoryStorage {
                 actual_tail: stream.record.tail,
             });
         }
+        self.reserve(append.data.len())?;
         let stream = &mut *stream;
         let len = append.data.len();
         if len > 0 {
@@ -150,6 +192,8 @@ impl Storage for MemoryStorage {
         let outcome = if let Some(existing) = streams.get(key) {
             let existing = existing.read().unwrap_or_else(|e| e.into_inner());
             CreateOutcome::Exists(Box::new(existing.record.clone()))
+        } else if let Err(full) = self.reserve(initial.len()) {
+            return Box::pin(async move { Err(full) });
         } else {
             let mut stream = MemStream {
                 starts: Vec::new(),
@@ -208,6 +252,9 @@ impl Storage for MemoryStorage {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+        if let Some(stream) = &removed {
+            self.release(stream.read().unwrap_or_else(|e| e.into_inner()).bytes);
+        }
         let result = removed.map(drop).ok_or(StorageError::NotFound);
         Box::pin(async move { result })
     }

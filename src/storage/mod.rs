@@ -13,6 +13,7 @@
 //! backend with group commit can batch concurrent appends to one stream, or to
 //! thousands, into one flush.
 
+pub mod backup;
 mod codec;
 mod file;
 mod memory;
