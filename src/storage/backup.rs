@@ -241,7 +241,11 @@ pub async fn export<W: AsyncWrite + Unpin>(
     .await?;
     let mut summary = Summary::default();
     for (path, record) in &streams {
-        write_line(&mut out, &Line::Stream(Box::new(StreamLine::of(path, record)))).await?;
+        write_line(
+            &mut out,
+            &Line::Stream(Box::new(StreamLine::of(path, record))),
+        )
+        .await?;
         let mut position = record.own_start();
         while position < record.tail {
             let chunk = storage

@@ -71,6 +71,9 @@ pub struct FileStats {
     pub fsyncs: u64,
     /// Bytes written to the log.
     pub bytes: u64,
+    /// Flushes by operations per flush: entry `i` counts flushes of up to `2^i`
+    /// operations (more than `2^(i-1)`); the last entry counts all larger ones.
+    pub batch_sizes: [u64; 13],
 }
 
 /// Streams in files under one directory, with group commit and crash recovery.
@@ -106,6 +109,7 @@ struct Stats {
     flushes: AtomicU64,
     fsyncs: AtomicU64,
     bytes: AtomicU64,
+    batch_sizes: [AtomicU64; 13],
 }
 
 /// Where one append's bytes sit in the log.
@@ -284,6 +288,7 @@ impl FileStorage {
             flushes: s.flushes.load(Ordering::Relaxed),
             fsyncs: s.fsyncs.load(Ordering::Relaxed),
             bytes: s.bytes.load(Ordering::Relaxed),
+            batch_sizes: std::array::from_fn(|i| s.batch_sizes[i].load(Ordering::Relaxed)),
         }
     }
 
@@ -532,6 +537,10 @@ impl LogWriter {
                 }
             }
             let result = self.flush(&shared);
+            if !done.is_empty() {
+                let bucket = (usize::BITS - (done.len() - 1).leading_zeros()) as usize;
+                shared.stats.batch_sizes[bucket.min(12)].fetch_add(1, Ordering::Relaxed);
+            }
             if result.is_err() {
                 shared.poisoned.store(true, Ordering::Release);
             }

@@ -21,7 +21,7 @@ pub fn server_binary() -> PathBuf {
             "build",
             "--quiet",
             "--features",
-            "redb",
+            "redb,metrics",
             "--example",
             "server",
         ])

@@ -24,7 +24,7 @@ function fail(message) {
 const mode = process.argv[2] ?? process.env.DS_STORAGE__MODE ?? "memory"
 const dataDir = mode === "memory" ? null : mkdtempSync(join(tmpdir(), `ds-conformance-${mode}-`))
 
-const build = spawnSync("cargo", ["build", "--quiet", "--features", "redb", "--example", "server"], {
+const build = spawnSync("cargo", ["build", "--quiet", "--features", "redb,metrics", "--example", "server"], {
   cwd: root,
   stdio: "inherit",
 })

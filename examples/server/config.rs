@@ -1,0 +1,302 @@
+//! Layered settings: built-in defaults < `config/default.toml` <
+//! `config/<profile>.toml` (`--profile`) < `config/local.toml` < `--config <path>`
+//! < environment variables `DS_<SECTION>__<FIELD>`. Unknown keys and bad values
+//! stop the start with a message naming the key and where it came from.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Where streams are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// In memory.
+    Memory,
+    /// File log, acknowledged when written to the OS.
+    FileFast,
+    /// File log, acknowledged after fdatasync.
+    FileDurable,
+    /// redb, acknowledged after a durable commit.
+    #[serde(alias = "redb")]
+    Acid,
+}
+
+/// Every setting of the server.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerSection,
+    pub http: HttpSection,
+    pub storage: StorageSection,
+    pub limits: LimitsSection,
+    pub tls: TlsSection,
+    pub metrics: MetricsSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address to listen on.
+    pub host: IpAddr,
+    /// Port to listen on (0: any free port).
+    pub port: u16,
+    /// How long a long-poll waits before 204.
+    pub long_poll_timeout_secs: u64,
+    /// How long an SSE response stays open.
+    pub sse_reconnect_interval_secs: u64,
+    /// How long shutdown waits for connections to drain.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            host: [127, 0, 0, 1].into(),
+            port: 4437,
+            long_poll_timeout_secs: 30,
+            sse_reconnect_interval_secs: 60,
+            shutdown_grace_ms: 900,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Allowed browser origins, comma-separated, or `*`.
+    pub cors_origins: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            cors_origins: "*".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    pub mode: Mode,
+    pub data_dir: PathBuf,
+    pub acid_shard_count: usize,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            mode: Mode::Memory,
+            data_dir: "./data/streams".into(),
+            acid_shard_count: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest request body (413 beyond).
+    pub max_append_bytes: usize,
+    /// Longest stream, 0 for no limit (413 for the append that would cross it).
+    pub max_stream_bytes: u64,
+    /// Memory mode only: total stream bytes held (507 beyond).
+    pub max_memory_bytes: u64,
+    /// Long-poll and SSE reads at once (429 beyond).
+    pub max_live_readers: usize,
+    /// Writes in progress at once (503 beyond).
+    pub max_inflight_writes: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_append_bytes: 64 * 1024 * 1024,
+            max_stream_bytes: 0,
+            max_memory_bytes: 1024 * 1024 * 1024,
+            max_live_readers: 10_000,
+            max_inflight_writes: 1_024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM certificate chain; TLS is on when this and `key_path` are set.
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key.
+    pub key_path: Option<PathBuf>,
+    /// PEM CA certificates; clients must present a certificate they signed.
+    pub client_ca_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Serve Prometheus metrics.
+    pub enabled: bool,
+    /// Where.
+    pub path: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            enabled: true,
+            path: "/metrics".into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn long_poll_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.long_poll_timeout_secs)
+    }
+
+    pub fn sse_reconnect_interval(&self) -> Duration {
+        Duration::from_secs(self.server.sse_reconnect_interval_secs)
+    }
+
+    /// Loads every layer and checks the result.
+    pub fn load(root: &Path, profile: Option<&str>, file: Option<&Path>) -> Result<Config, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(root.join("config/default.toml")));
+        if let Some(profile) = profile {
+            let path = root.join(format!("config/{profile}.toml"));
+            if !path.is_file() {
+                return Err(format!(
+                    "--profile {profile}: {} does not exist",
+                    path.display()
+                ));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Toml::file(root.join("config/local.toml")));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(format!("--config: {} does not exist", file.display()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("DS_").split("__"));
+        let config: Config = figment.extract().map_err(|e| describe(&e))?;
+        config.check(&figment)
+    }
+
+    /// Checks what types cannot, naming the key and its source.
+    fn check(self, figment: &Figment) -> Result<Config, String> {
+        let at = |key: &str, problem: String| {
+            let source = figment
+                .find_metadata(key)
+                .map(|m| source_name(m, key))
+                .unwrap_or_else(|| "built-in default".into());
+            Err(format!("{key}: {problem} [from {source}]"))
+        };
+        let shards = self.storage.acid_shard_count;
+        if !(1..=256).contains(&shards) || !shards.is_power_of_two() {
+            return at(
+                "storage.acid_shard_count",
+                format!("{shards} is not a power of two from 1 to 256"),
+            );
+        }
+        for (key, value) in [
+            (
+                "server.long_poll_timeout_secs",
+                self.server.long_poll_timeout_secs,
+            ),
+            (
+                "server.sse_reconnect_interval_secs",
+                self.server.sse_reconnect_interval_secs,
+            ),
+            (
+                "limits.max_append_bytes",
+                self.limits.max_append_bytes as u64,
+            ),
+            (
+                "limits.max_live_readers",
+                self.limits.max_live_readers as u64,
+            ),
+            (
+                "limits.max_inflight_writes",
+                self.limits.max_inflight_writes as u64,
+            ),
+        ] {
+            if value == 0 {
+                return at(key, "must be greater than zero".into());
+            }
+        }
+        match (&self.tls.cert_path, &self.tls.key_path) {
+            (Some(_), None) => {
+                return at(
+                    "tls.cert_path",
+                    "is set but tls.key_path is not; set both or neither".into(),
+                )
+            }
+            (None, Some(_)) => {
+                return at(
+                    "tls.key_path",
+                    "is set but tls.cert_path is not; set both or neither".into(),
+                )
+            }
+            _ => {}
+        }
+        if self.tls.client_ca_path.is_some() && self.tls.cert_path.is_none() {
+            return at(
+                "tls.client_ca_path",
+                "needs tls.cert_path and tls.key_path".into(),
+            );
+        }
+        if !self.metrics.path.starts_with('/') || self.metrics.path.starts_with("/v1/stream") {
+            return at(
+                "metrics.path",
+                format!(
+                    "{:?} must start with / and stay outside /v1/stream",
+                    self.metrics.path
+                ),
+            );
+        }
+        Ok(self)
+    }
+}
+
+/// A figment error with its key and source spelled out.
+fn describe(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() {
+                "<root>".to_owned()
+            } else {
+                e.path.join(".")
+            };
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| source_name(m, &key))
+                .unwrap_or_else(|| "unknown source".into());
+            format!("{key}: {} [from {source}]", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Where a value came from: a file's path, or the environment variable's name.
+fn source_name(metadata: &figment::Metadata, key: &str) -> String {
+    if metadata.name.contains("environment") {
+        return format!(
+            "environment variable DS_{}",
+            key.replace('.', "__").to_uppercase()
+        );
+    }
+    match &metadata.source {
+        Some(source) => format!("{} {source}", metadata.name),
+        None => metadata.name.to_string(),
+    }
+}
