@@ -12,7 +12,7 @@
 //! let metrics = Metrics::new();
 //! let service = DurableStreamsService::builder().metrics(metrics.clone()).build().unwrap();
 //! let text = metrics.render();
-//! assert!(text.contains("# TYPE durable_streams_requests counter"));
+//! assert!(text.contains("durable_streams_appends_total 0"));
 //! # let _ = service;
 //! ```
 
