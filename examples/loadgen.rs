@@ -6,9 +6,19 @@
 //!     --connections 16 --streams 1 --bytes 1024 --seconds 5
 //! ```
 //!
-//! `append`: C connections append B-byte bodies round-robin over S streams for D
-//! seconds and report appends/s, MB/s, latency percentiles and errors. A run that
-//! saw errors says so loudly: its figures are not comparable.
+//! - `append`: C connections append B-byte bodies round-robin over S streams for
+//!   D seconds: appends/s, MB/s, latency percentiles, errors.
+//! - `catchup`: prefill an M-MiB stream in A-byte appends, then R readers read it
+//!   from `-1` following `Stream-Next-Offset`, again and again for D seconds:
+//!   MB/s and latency per full read.
+//! - `fanout`: N SSE or long-poll subscribers on one stream, one writer at H
+//!   messages/s with timestamped payloads: delivery latency percentiles, and a
+//!   check that every subscriber got every message exactly once, in order.
+//! - `streams`: create K streams with one small append each: creates/s, errors,
+//!   and (with `--server-pid`) the server's RSS and open file descriptors.
+//!
+//! A run that saw errors or lost messages says so loudly and exits non-zero: its
+//! figures are not comparable.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -31,6 +41,69 @@ struct Cli {
 enum Workload {
     /// Concurrent appends.
     Append(AppendArgs),
+    /// Full reads of a prefilled stream.
+    Catchup(CatchupArgs),
+    /// Live delivery to many subscribers.
+    Fanout(FanoutArgs),
+    /// Many small streams.
+    Streams(StreamsArgs),
+}
+
+#[derive(clap::Args)]
+struct CatchupArgs {
+    #[arg(long, default_value = "http://127.0.0.1:4437/v1/stream")]
+    url: String,
+    /// Size of the stream to prefill, in MiB (1..=1024).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    megabytes: u64,
+    /// Size of each prefill append in bytes.
+    #[arg(long, default_value_t = 65536)]
+    append_bytes: usize,
+    /// Concurrent readers (1..=256).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    readers: u16,
+    /// Duration of the reading phase in seconds (1..=300).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    seconds: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct FanoutArgs {
+    #[arg(long, default_value = "http://127.0.0.1:4437/v1/stream")]
+    url: String,
+    /// Subscribers (1..=10000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    subscribers: u16,
+    /// Messages per second from the writer (1..=10000).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    rate: u32,
+    /// Duration of the writing phase in seconds (1..=300).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    seconds: u64,
+    /// `sse` or `long-poll`.
+    #[arg(long, default_value = "sse")]
+    mode: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct StreamsArgs {
+    #[arg(long, default_value = "http://127.0.0.1:4437/v1/stream")]
+    url: String,
+    /// Streams to create (1..=1000000).
+    #[arg(long, default_value_t = 100000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    count: u64,
+    /// Concurrent connections (1..=1024).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    connections: u16,
+    /// The server's process id, to report its RSS and open file descriptors.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -110,6 +183,33 @@ impl Connection {
             sender,
             host: target.host.clone(),
         })
+    }
+
+    /// Sends a request and collects the whole response.
+    async fn exchange(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((parts.status, parts.headers, body))
     }
 
     async fn send(
@@ -233,11 +333,451 @@ async fn append(args: AppendArgs) -> Result<bool, String> {
     Ok(errors == 0)
 }
 
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+}
+
+fn report(json: bool, value: serde_json::Value, text: String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{text}");
+    }
+}
+
+async fn catchup(args: CatchupArgs) -> Result<bool, String> {
+    let target = target(&args.url)?;
+    let path = format!(
+        "{}/loadgen-catchup-{:08x}",
+        target.prefix,
+        fastrand::u32(..)
+    );
+    let mut setup = Connection::open(&target).await?;
+    let status = setup
+        .send(Method::PUT, &path, "application/octet-stream", Bytes::new())
+        .await?;
+    if !status.is_success() {
+        return Err(format!("creating {path} answered {status}"));
+    }
+    let total = args.megabytes * 1024 * 1024;
+    let chunk = Bytes::from(vec![b'c'; args.append_bytes.max(1)]);
+    let mut written = 0u64;
+    while written < total {
+        let status = setup
+            .send(
+                Method::POST,
+                &path,
+                "application/octet-stream",
+                chunk.clone(),
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(format!("prefill append answered {status}"));
+        }
+        written += chunk.len() as u64;
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.readers {
+        let mut connection = Connection::open(&target).await?;
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut reads, mut bytes, mut errors, mut latencies) = (0u64, 0u64, 0u64, Vec::new());
+            'outer: while Instant::now() < deadline {
+                let begun = Instant::now();
+                let mut offset = "-1".to_owned();
+                let mut got = 0u64;
+                loop {
+                    match connection
+                        .exchange(
+                            Method::GET,
+                            &format!("{path}?offset={offset}"),
+                            None,
+                            Bytes::new(),
+                        )
+                        .await
+                    {
+                        Ok((StatusCode::OK, headers, body)) => {
+                            got += body.len() as u64;
+                            let Some(next) = headers
+                                .get("stream-next-offset")
+                                .and_then(|v| v.to_str().ok())
+                            else {
+                                errors += 1;
+                                break 'outer;
+                            };
+                            offset = next.to_owned();
+                            if headers.contains_key("stream-up-to-date") {
+                                break;
+                            }
+                        }
+                        _ => {
+                            errors += 1;
+                            break 'outer;
+                        }
+                    }
+                }
+                if got != written {
+                    errors += 1;
+                }
+                reads += 1;
+                bytes += got;
+                latencies.push(begun.elapsed());
+            }
+            (reads, bytes, errors, latencies)
+        }));
+    }
+    let (mut reads, mut bytes, mut errors, mut latencies) = (0, 0, 0, Vec::new());
+    for task in tasks {
+        let (r, b, e, l) = task.await.map_err(|e| e.to_string())?;
+        reads += r;
+        bytes += b;
+        errors += e;
+        latencies.extend(l);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let mbps = bytes as f64 / elapsed / 1e6;
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    report(
+        args.json,
+        serde_json::json!({"workload": "catchup", "megabytes": args.megabytes, "append_bytes": args.append_bytes,
+            "readers": args.readers, "full_reads": reads, "mb_per_sec": mbps, "read_p50_ms": p50.as_secs_f64() * 1e3,
+            "read_p99_ms": p99.as_secs_f64() * 1e3, "errors": errors}),
+        format!("catchup: {} MiB in {} B appends, {} readers: {reads} full reads = {mbps:.0} MB/s; per full read p50 {p50:?} p99 {p99:?}; errors {errors}",
+            args.megabytes, args.append_bytes, args.readers),
+    );
+    Ok(errors == 0)
+}
+
+/// Parses `m<seq>@<nanos>;` messages out of delivered text.
+fn messages(text: &str) -> impl Iterator<Item = (u64, u128)> + '_ {
+    text.split(';').filter_map(|m| {
+        let (seq, at) = m.trim().strip_prefix('m')?.split_once('@')?;
+        Some((seq.parse().ok()?, at.parse().ok()?))
+    })
+}
+
+/// Delivery bookkeeping of one subscriber: latencies and an order check.
+#[derive(Default)]
+struct Received {
+    next: u64,
+    latencies: Vec<Duration>,
+    out_of_order: u64,
+}
+
+impl Received {
+    fn note(&mut self, text: &str) {
+        let now = now_nanos();
+        for (seq, at) in messages(text) {
+            if seq != self.next {
+                self.out_of_order += 1;
+            }
+            self.next = seq + 1;
+            self.latencies
+                .push(Duration::from_nanos(now.saturating_sub(at) as u64));
+        }
+    }
+}
+
+/// One subscriber: follows the stream live until the run stops, noting every
+/// delivery into `received` (shared, so that an aborted subscriber keeps its
+/// figures).
+async fn subscribe(
+    target: &Target,
+    path: String,
+    mode: String,
+    stop: tokio_util_like::Stop,
+    received: std::sync::Arc<std::sync::Mutex<Received>>,
+) -> Result<(), String> {
+    let mut connection = Connection::open(target).await?;
+    let mut offset = "now".to_owned();
+    let note = |text: &str| {
+        received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note(text)
+    };
+    while !stop.is_set() {
+        if mode == "sse" {
+            let request = Request::get(format!("{path}?offset={offset}&live=sse"))
+                .header("host", &connection.host)
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| e.to_string())?;
+            connection.sender.ready().await.map_err(|e| e.to_string())?;
+            let response = connection
+                .sender
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            if stop.is_set() {
+                break;
+            }
+            if response.status() != StatusCode::OK {
+                return Err(format!("SSE answered {}", response.status()));
+            }
+            let mut body = response.into_body();
+            let mut pending = String::new();
+            while let Some(frame) = body.frame().await {
+                let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() else {
+                    continue;
+                };
+                pending.push_str(&String::from_utf8_lossy(&data));
+                while let Some(end) = pending.find(
+                    "
+
+",
+                ) {
+                    let event: String = pending.drain(..end + 2).collect();
+                    if event.starts_with("event: data") {
+                        let payload: String = event
+                            .lines()
+                            .filter_map(|l| l.strip_prefix("data:"))
+                            .collect();
+                        note(&payload);
+                    } else if let Some(control) =
+                        event.lines().find_map(|l| l.strip_prefix("data:"))
+                    {
+                        if let Ok(value) = serde_json::from_str::<serde_json::Value>(control) {
+                            if let Some(next) = value["streamNextOffset"].as_str() {
+                                offset = next.to_owned();
+                            }
+                        }
+                    }
+                }
+                if stop.is_set() {
+                    break;
+                }
+            }
+        } else {
+            let (status, headers, body) = connection
+                .exchange(
+                    Method::GET,
+                    &format!("{path}?offset={offset}&live=long-poll"),
+                    None,
+                    Bytes::new(),
+                )
+                .await?;
+            match status {
+                StatusCode::OK => note(&String::from_utf8_lossy(&body)),
+                StatusCode::NO_CONTENT => {}
+                _ if stop.is_set() => break,
+                other => return Err(format!("long-poll answered {other}")),
+            }
+            if let Some(next) = headers
+                .get("stream-next-offset")
+                .and_then(|v| v.to_str().ok())
+            {
+                offset = next.to_owned();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A flag the writer raises when the run is over.
+mod tokio_util_like {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    pub struct Stop(Arc<AtomicBool>);
+
+    impl Stop {
+        pub fn set(&self) {
+            self.0.store(true, Ordering::Release);
+        }
+        pub fn is_set(&self) -> bool {
+            self.0.load(Ordering::Acquire)
+        }
+    }
+}
+
+async fn fanout(args: FanoutArgs) -> Result<bool, String> {
+    if args.mode != "sse" && args.mode != "long-poll" {
+        return Err("--mode is sse or long-poll".into());
+    }
+    let target = target(&args.url)?;
+    let path = format!("{}/loadgen-fanout-{:08x}", target.prefix, fastrand::u32(..));
+    let mut writer = Connection::open(&target).await?;
+    let status = writer
+        .send(Method::PUT, &path, "text/plain", Bytes::new())
+        .await?;
+    if !status.is_success() {
+        return Err(format!("creating {path} answered {status}"));
+    }
+    let stop = tokio_util_like::Stop::default();
+    let mut subscribers = Vec::new();
+    for _ in 0..args.subscribers {
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Received::default()));
+        let (target_copy, path, mode, stop) = (
+            Target {
+                address: target.address,
+                host: target.host.clone(),
+                prefix: target.prefix.clone(),
+            },
+            path.clone(),
+            args.mode.clone(),
+            stop.clone(),
+        );
+        let shared = received.clone();
+        let task =
+            tokio::spawn(async move { subscribe(&target_copy, path, mode, stop, shared).await });
+        subscribers.push((task, received));
+    }
+    // Let every subscriber connect before the first message.
+    tokio::time::sleep(Duration::from_millis(500 + u64::from(args.subscribers))).await;
+    let total = u64::from(args.rate) * args.seconds;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate)));
+    let mut write_errors = 0;
+    for seq in 0..total {
+        ticker.tick().await;
+        let body = Bytes::from(format!("m{seq}@{};", now_nanos()));
+        if !writer
+            .send(Method::POST, &path, "text/plain", body)
+            .await
+            .is_ok_and(|s| s.is_success())
+        {
+            write_errors += 1;
+        }
+    }
+    // Give the last messages time to arrive, then stop every subscriber.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.set();
+    let _ = writer
+        .send(Method::DELETE, &path, "text/plain", Bytes::new())
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut latencies, mut lost, mut out_of_order, mut failed) = (Vec::new(), 0u64, 0u64, 0u64);
+    for (task, received) in subscribers {
+        if task.is_finished() {
+            if let Ok(Err(e)) = task.await {
+                eprintln!("subscriber failed: {e}");
+                failed += 1;
+            }
+        } else {
+            task.abort();
+        }
+        let received = std::mem::take(&mut *received.lock().unwrap_or_else(|e| e.into_inner()));
+        lost += total.saturating_sub(received.latencies.len() as u64);
+        out_of_order += received.out_of_order;
+        latencies.extend(received.latencies);
+    }
+    latencies.sort();
+    let (p50, p99, p999) = (
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 0.999),
+    );
+    let ok = write_errors == 0 && lost == 0 && out_of_order == 0 && failed == 0;
+    report(
+        args.json,
+        serde_json::json!({"workload": "fanout", "mode": args.mode, "subscribers": args.subscribers, "rate": args.rate,
+            "messages": total, "deliveries": latencies.len(), "p50_ms": p50.as_secs_f64() * 1e3, "p99_ms": p99.as_secs_f64() * 1e3,
+            "p999_ms": p999.as_secs_f64() * 1e3, "lost": lost, "out_of_order": out_of_order, "failed_subscribers": failed,
+            "write_errors": write_errors, "every_message_delivered_once_in_order": ok}),
+        format!("fanout ({}): {} subscribers, {} msg/s, {total} messages: {} deliveries; delivery p50 {p50:?} p99 {p99:?} p999 {p999:?}; lost {lost}, out of order {out_of_order}, failed subscribers {failed}, write errors {write_errors}",
+            args.mode, args.subscribers, args.rate, latencies.len()),
+    );
+    if !ok {
+        eprintln!("WARNING: messages were lost, reordered or not written; these figures are not comparable");
+    }
+    Ok(ok)
+}
+
+/// The resident set size (bytes) and open file descriptors of a process.
+fn process_figures(pid: u32) -> Option<(u64, usize)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    Some((rss_kib * 1024, fds))
+}
+
+async fn streams(args: StreamsArgs) -> Result<bool, String> {
+    let target = target(&args.url)?;
+    let run = format!("{:08x}", fastrand::u32(..));
+    let before = args.server_pid.and_then(process_figures);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let mut connection = Connection::open(&target).await?;
+        let (next, prefix, run, count) =
+            (next.clone(), target.prefix.clone(), run.clone(), args.count);
+        tasks.push(tokio::spawn(async move {
+            let mut errors = 0u64;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return errors;
+                }
+                let path = format!("{prefix}/loadgen-streams-{run}/{i}");
+                match connection
+                    .send(
+                        Method::PUT,
+                        &path,
+                        "text/plain",
+                        Bytes::from_static(b"hello"),
+                    )
+                    .await
+                {
+                    Ok(status) if status.is_success() => {}
+                    Ok(_) => errors += 1,
+                    Err(_) => return errors + 1,
+                }
+            }
+        }));
+    }
+    let mut errors = 0;
+    for task in tasks {
+        errors += task.await.map_err(|e| e.to_string())?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let rate = args.count as f64 / elapsed;
+    let after = args.server_pid.and_then(process_figures);
+    let per_stream = match (before, after) {
+        (Some((rss0, fd0)), Some((rss1, fd1))) => Some((
+            rss1.saturating_sub(rss0) as f64 / args.count as f64,
+            (fd1 as f64 - fd0 as f64) / args.count as f64,
+        )),
+        _ => None,
+    };
+    report(
+        args.json,
+        serde_json::json!({"workload": "streams", "count": args.count, "connections": args.connections, "seconds": elapsed,
+            "creates_per_sec": rate, "errors": errors, "server_rss_bytes": after.map(|a| a.0), "server_fds": after.map(|a| a.1),
+            "rss_bytes_per_stream": per_stream.map(|p| p.0), "fds_per_stream": per_stream.map(|p| p.1)}),
+        format!("streams: {} created with one append each in {elapsed:.1} s = {rate:.0}/s; errors {errors}; server RSS {} fds {}; per stream {}",
+            args.count,
+            after.map_or("?".into(), |a| format!("{:.1} MiB", a.0 as f64 / 1048576.0)),
+            after.map_or("?".into(), |a| a.1.to_string()),
+            per_stream.map_or("?".into(), |p| format!("{:.0} B RSS, {:.3} fds", p.0, p.1))),
+    );
+    if errors > 0 {
+        eprintln!("WARNING: {errors} creates failed; these figures are not comparable");
+    }
+    Ok(errors == 0)
+}
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
     let outcome = match cli.workload {
         Workload::Append(args) => append(args).await,
+        Workload::Catchup(args) => catchup(args).await,
+        Workload::Fanout(args) => fanout(args).await,
+        Workload::Streams(args) => streams(args).await,
     };
     match outcome {
         Ok(true) => {}
