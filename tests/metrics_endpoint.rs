@@ -37,6 +37,7 @@ async fn metrics_count_the_traffic() {
         .header("host", "localhost")
         .body(http_body_util::Full::new(Bytes::new()))
         .expect("request");
+    client.0.ready().await.expect("connection ready");
     let response = client.0.send_request(request).await.expect("metrics");
     assert_eq!(response.status(), StatusCode::OK);
     use http_body_util::BodyExt;

@@ -55,6 +55,7 @@ async fn sigterm_ends_live_readers_and_exits_promptly() {
         .header("host", "localhost")
         .body(http_body_util::Full::new(Bytes::new()))
         .expect("request");
+    sse_client.0.ready().await.expect("connection ready");
     let response = sse_client.0.send_request(request).await.expect("sse");
     let mut events = response.into_body();
     let first = events

@@ -34,7 +34,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use clap::{Parser, Subcommand};
@@ -52,7 +51,6 @@ use tower_durable_streams::storage::backup::{self, OnConflict};
 use tower_durable_streams::storage::{Durability, FileStorage};
 use tower_durable_streams::{DurableStreamsService, MemoryStorage, Storage};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
 
 /// The mount point of the protocol.
 const BASE_PATH: &str = "/v1/stream";
@@ -343,6 +341,45 @@ async fn import(config: Config, input: PathBuf, on_conflict: Conflict) {
 
 type Ready = Arc<OnceLock<(DurableStreamsService, Describe)>>;
 
+/// The streams service once storage is open; 503 until then.
+#[derive(Clone)]
+struct ReadyStreams(Ready);
+
+impl<B> tower::Service<Request<B>> for ReadyStreams
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<tower_durable_streams::BoxError>,
+{
+    type Response = http::Response<tower_durable_streams::ResponseBody>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match self.0.get() {
+            Some((streams, _)) => {
+                let mut streams = streams.clone();
+                Box::pin(tower::Service::call(&mut streams, request))
+            }
+            None => Box::pin(async {
+                let mut response = http::Response::new(tower_durable_streams::ResponseBody::from(
+                    bytes::Bytes::from_static(b"opening storage\n"),
+                ));
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                Ok(response)
+            }),
+        }
+    }
+}
+
 async fn serve(config: Config) {
     let tls = tls::acceptor(&config.tls).unwrap_or_else(|e| fail(e, 2));
     let cors = cors(&config).unwrap_or_else(|e| fail(e, 2));
@@ -430,26 +467,25 @@ async fn serve(config: Config) {
             }),
         );
     }
-    let app = app
-        .nest_service(BASE_PATH, {
-            let ready = ready.clone();
-            tower::service_fn(move |request: Request<axum::body::Body>| {
-                let ready = ready.clone();
-                async move {
-                    Ok::<_, Infallible>(match ready.get() {
-                        Some((streams, _)) => {
-                            let Ok(response) = streams.clone().oneshot(request).await;
-                            response.into_response()
-                        }
-                        None => {
-                            (StatusCode::SERVICE_UNAVAILABLE, "opening storage\n").into_response()
-                        }
-                    })
-                }
-            })
-        })
+    // The hot path skips the router: requests under the mount point go straight
+    // to the (CORS-wrapped) streams service; the rest (health, metrics) to axum.
+    let streams = tower::ServiceBuilder::new()
         .layer(cors)
-        .layer(TraceLayer::new_for_http());
+        .service(ReadyStreams(ready.clone()));
+    let app = tower::service_fn(move |request: Request<hyper::body::Incoming>| {
+        let (app, streams) = (app.clone(), streams.clone());
+        async move {
+            let path = request.uri().path();
+            let response = if path == BASE_PATH || path.starts_with(concat!("/v1/stream", "/")) {
+                let Ok(response) = streams.oneshot(request).await;
+                response.map(axum::body::Body::new)
+            } else {
+                let Ok(response) = app.oneshot(request.map(axum::body::Body::new)).await;
+                response
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
 
     let server = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();

@@ -760,7 +760,7 @@ impl Engine {
         }
         let has_body = !request.body.is_empty();
         // JSON validation and flattening is CPU work: do it before taking the lock.
-        let data = if has_body && is_json(&config.content_type) {
+        let json = if has_body && is_json(&config.content_type) {
             let given = request.content_type.as_deref().unwrap_or_default();
             if same_media_type(given, &config.content_type) {
                 Some(json_to_wire(&request.body, EmptyArray::Reject).map(|(wire, _)| wire))
@@ -771,88 +771,96 @@ impl Engine {
             None
         };
         let (handle, mut writer) = self.lock(key, false).await.ok_or(EngineError::NotFound)?;
-        let record = match writer.get().record.as_ref() {
-            Some(r) if r.config.id == config.id && r.soft_deleted => return Err(EngineError::Gone),
-            Some(r) if r.config.id == config.id => r.clone(),
-            _ => return Err(EngineError::NotFound),
-        };
-        let producer_state = |p: &ProducerHeaders| record.producers.get(&p.id).copied();
-        if record.closed {
-            drop(writer);
-            return self
-                .answer_closed(&handle, &record, &request, has_body)
-                .await;
-        }
-        let data = if has_body {
-            let given = request.content_type.as_deref().unwrap_or_default();
-            if !same_media_type(given, &record.config.content_type) {
-                return Err(EngineError::ContentTypeMismatch {
-                    expected: record.config.content_type.clone(),
-                    given: given.to_owned(),
-                });
+        // Decide with the record borrowed under the lock: no copy on the hot path.
+        let (append, tail) = {
+            let record = match writer.get().record.as_ref() {
+                Some(r) if r.config.id == config.id && r.soft_deleted => {
+                    return Err(EngineError::Gone)
+                }
+                Some(r) if r.config.id == config.id => r,
+                _ => return Err(EngineError::NotFound),
+            };
+            if record.closed {
+                let record = record.clone();
+                drop(writer);
+                return self
+                    .answer_closed(&handle, &record, &request, has_body)
+                    .await;
             }
-            match data {
-                Some(wire) => wire?,
-                None => request.body.clone(),
-            }
-        } else {
-            Bytes::new()
-        };
-        let mut producer_update = None;
-        if let Some(p) = &request.producer {
-            match decide(producer_state(p), p.epoch, p.seq) {
-                ProducerDecision::Accept(state) => producer_update = Some((p.id.clone(), state)),
-                ProducerDecision::Duplicate { last_seq } => {
-                    drop(writer);
-                    self.settled(&handle, &record).await?;
-                    return Ok(Appended {
-                        kind: AppendKind::Duplicate,
-                        tail: record.tail,
-                        closed: false,
-                        producer: Some((p.epoch, last_seq)),
+            let data = if has_body {
+                let given = request.content_type.as_deref().unwrap_or_default();
+                if !same_media_type(given, &config.content_type) {
+                    return Err(EngineError::ContentTypeMismatch {
+                        expected: config.content_type.clone(),
+                        given: given.to_owned(),
                     });
                 }
-                ProducerDecision::StaleEpoch { current } => {
-                    return Err(EngineError::StaleEpoch { current })
+                match json {
+                    Some(wire) => wire?,
+                    None => request.body.clone(),
                 }
-                ProducerDecision::NewEpochNotAtZero => return Err(EngineError::NewEpochNotAtZero),
-                ProducerDecision::Gap { expected, received } => {
-                    return Err(EngineError::SequenceGap { expected, received })
+            } else {
+                Bytes::new()
+            };
+            let mut producer_update = None;
+            if let Some(p) = &request.producer {
+                let state = record.producers.get(&p.id).copied();
+                match decide(state, p.epoch, p.seq) {
+                    ProducerDecision::Accept(state) => {
+                        producer_update = Some((p.id.clone(), state))
+                    }
+                    ProducerDecision::Duplicate { last_seq } => {
+                        let (id, tail) = (record.config.id, record.tail);
+                        drop(writer);
+                        self.settled(&handle, id, tail, false).await?;
+                        return Ok(Appended {
+                            kind: AppendKind::Duplicate,
+                            tail,
+                            closed: false,
+                            producer: Some((p.epoch, last_seq)),
+                        });
+                    }
+                    ProducerDecision::StaleEpoch { current } => {
+                        return Err(EngineError::StaleEpoch { current })
+                    }
+                    ProducerDecision::NewEpochNotAtZero => {
+                        return Err(EngineError::NewEpochNotAtZero)
+                    }
+                    ProducerDecision::Gap { expected, received } => {
+                        return Err(EngineError::SequenceGap { expected, received })
+                    }
                 }
             }
-        }
-        if let (Some(given), Some(last)) = (&request.stream_seq, &record.stream_seq) {
-            if given.as_bytes() <= last.as_bytes() {
-                return Err(EngineError::SeqRegression {
-                    last: last.clone(),
-                    given: given.clone(),
-                });
+            if let (Some(given), Some(last)) = (&request.stream_seq, &record.stream_seq) {
+                if given.as_bytes() <= last.as_bytes() {
+                    return Err(EngineError::SeqRegression {
+                        last: last.clone(),
+                        given: given.clone(),
+                    });
+                }
             }
-        }
-        let close = request.close.then(|| {
-            request.producer.as_ref().map(|p| ProducerTuple {
-                id: p.id.clone(),
-                epoch: p.epoch,
-                seq: p.seq,
-            })
-        });
-        let append = Append {
-            stream_id: record.config.id,
-            expected_tail: record.tail,
-            data,
-            stream_seq: request.stream_seq.clone(),
-            producer: producer_update,
-            close,
+            let close = request.close.then(|| {
+                request.producer.as_ref().map(|p| ProducerTuple {
+                    id: p.id.clone(),
+                    epoch: p.epoch,
+                    seq: p.seq,
+                })
+            });
+            let append = Append {
+                stream_id: record.config.id,
+                expected_tail: record.tail,
+                data,
+                stream_seq: request.stream_seq.clone(),
+                producer: producer_update,
+                close,
+            };
+            (append, record.tail)
         };
-        let new_tail = record.tail + append.data.len() as u64;
+        let new_tail = tail + append.data.len() as u64;
         self.check_size(new_tail)?;
         let closed = append.close.is_some();
-        {
-            let r = writer
-                .get_mut()
-                .record
-                .as_mut()
-                .ok_or(EngineError::NotFound)?;
+        let stream_id = append.stream_id;
+        if let Some(r) = writer.get_mut().record.as_mut() {
             crate::storage::apply_append(r, &append, append.data.len() as u64);
         }
         // Ordered now, durable later: the lock is released before the wait so a
@@ -866,7 +874,7 @@ impl Engine {
         }
         handle.touch();
         handle.view.send_modify(|v| {
-            if v.config.as_ref().is_some_and(|c| c.id == record.config.id) {
+            if v.config.as_ref().is_some_and(|c| c.id == stream_id) {
                 v.tail = v.tail.max(new_tail);
                 v.closed |= closed;
             }
@@ -899,7 +907,8 @@ impl Engine {
                 .as_ref()
                 .is_some_and(|t| t.id == p.id && t.epoch == p.epoch && t.seq == p.seq);
             if closer {
-                self.settled(handle, record).await?;
+                self.settled(handle, record.config.id, record.tail, record.closed)
+                    .await?;
                 return Ok(Appended {
                     kind: AppendKind::Duplicate,
                     tail: record.tail,
@@ -911,7 +920,8 @@ impl Engine {
         if has_body {
             return Err(EngineError::Closed { tail: record.tail });
         }
-        self.settled(handle, record).await?;
+        self.settled(handle, record.config.id, record.tail, record.closed)
+            .await?;
         Ok(Appended {
             kind: AppendKind::AlreadyClosed,
             tail: record.tail,
@@ -925,17 +935,19 @@ impl Engine {
     async fn settled(
         &self,
         handle: &Arc<Handle>,
-        record: &StreamRecord,
+        id: u64,
+        tail: u64,
+        closed: bool,
     ) -> Result<(), EngineError> {
         let failures = handle.failures.load(Ordering::Acquire);
         let mut rx = handle.view.subscribe();
         loop {
             {
                 let view = rx.borrow_and_update();
-                if view.config.as_ref().map(|c| c.id) != Some(record.config.id) {
+                if view.config.as_ref().map(|c| c.id) != Some(id) {
                     return Err(EngineError::NotFound);
                 }
-                if view.tail >= record.tail && (view.closed || !record.closed) {
+                if view.tail >= tail && (view.closed || !closed) {
                     return Ok(());
                 }
             }

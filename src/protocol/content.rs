@@ -19,18 +19,17 @@ pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 /// assert_eq!(media_type("Application/JSON; charset=utf-8"), "application/json");
 /// ```
 pub fn media_type(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
+    essence(content_type).to_ascii_lowercase()
+}
+
+/// The media type of a `Content-Type` value as written (case kept, no allocation).
+fn essence(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or_default().trim()
 }
 
 /// Whether a `Content-Type` value is syntactically a media type (`type/subtype`).
 pub fn is_valid_content_type(content_type: &str) -> bool {
-    let essence = media_type(content_type);
-    let mut parts = essence.split('/');
+    let mut parts = essence(content_type).split('/');
     let token = |s: &str| {
         !s.is_empty()
             && s.bytes()
@@ -41,18 +40,21 @@ pub fn is_valid_content_type(content_type: &str) -> bool {
 
 /// Whether two content types name the same media type (parameters ignored).
 pub fn same_media_type(a: &str, b: &str) -> bool {
-    media_type(a) == media_type(b)
+    essence(a).eq_ignore_ascii_case(essence(b))
 }
 
 /// Whether a content type selects JSON mode.
 pub fn is_json(content_type: &str) -> bool {
-    media_type(content_type) == "application/json"
+    essence(content_type).eq_ignore_ascii_case("application/json")
 }
 
 /// Whether SSE data events of this content type carry text (else base64).
 pub fn is_sse_text(content_type: &str) -> bool {
-    let essence = media_type(content_type);
-    essence.starts_with("text/") || essence == "application/json"
+    let essence = essence(content_type);
+    essence
+        .get(..5)
+        .is_some_and(|t| t.eq_ignore_ascii_case("text/"))
+        || essence.eq_ignore_ascii_case("application/json")
 }
 
 /// Why a JSON body was refused.

@@ -442,8 +442,16 @@ where
         inner.start_sweeper();
         ResponseFuture::new(async move {
             let started = std::time::Instant::now();
+            let logging = tracing::enabled!(
+                target: "tower_durable_streams::access",
+                tracing::Level::DEBUG
+            );
             let method = request.method().clone();
-            let path = request.uri().path().to_owned();
+            let path = if logging {
+                request.uri().path().to_owned()
+            } else {
+                String::new()
+            };
             let operation = operation_name(&method, request.uri().query());
             let request_bytes = http_body::Body::size_hint(request.body()).exact();
             #[cfg(feature = "metrics")]
@@ -455,17 +463,19 @@ where
             let elapsed = started.elapsed();
             // One structured line per request; no header is logged, so no
             // credential can leak into logs.
-            tracing::debug!(
-                target: "tower_durable_streams::access",
-                %method,
-                stream = %path,
-                operation,
-                status = response.status().as_u16(),
-                latency_us = elapsed.as_micros() as u64,
-                request_bytes,
-                response_bytes = http_body::Body::size_hint(response.body()).exact(),
-                "request"
-            );
+            if logging {
+                tracing::debug!(
+                    target: "tower_durable_streams::access",
+                    %method,
+                    stream = %path,
+                    operation,
+                    status = response.status().as_u16(),
+                    latency_us = elapsed.as_micros() as u64,
+                    request_bytes,
+                    response_bytes = http_body::Body::size_hint(response.body()).exact(),
+                    "request"
+                );
+            }
             #[cfg(feature = "metrics")]
             if let Some(metrics) = &metrics {
                 metrics.request(operation, response.status().as_u16(), elapsed);
@@ -666,6 +676,13 @@ fn empty(status: StatusCode) -> Response<ResponseBody> {
     response
 }
 
+/// Sets an offset header without formatting machinery.
+fn set_offset(headers: &mut HeaderMap, name: http::HeaderName, offset: Offset) {
+    if let Ok(value) = HeaderValue::from_bytes(&offset.to_bytes()) {
+        headers.insert(name, value);
+    }
+}
+
 fn set(headers: &mut HeaderMap, name: http::HeaderName, value: impl ToString) {
     if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
         headers.insert(name, value);
@@ -807,7 +824,7 @@ where
     });
     let headers = response.headers_mut();
     set(headers, CONTENT_TYPE, &created.config.content_type);
-    set(headers, STREAM_NEXT_OFFSET, Offset::new(created.tail));
+    set_offset(headers, STREAM_NEXT_OFFSET, Offset::new(created.tail));
     if created.closed {
         headers.insert(STREAM_CLOSED, HeaderValue::from_static("true"));
     }
@@ -898,7 +915,7 @@ where
     };
     let mut response = empty(status);
     let headers = response.headers_mut();
-    set(headers, STREAM_NEXT_OFFSET, Offset::new(appended.tail));
+    set_offset(headers, STREAM_NEXT_OFFSET, Offset::new(appended.tail));
     if appended.closed {
         headers.insert(STREAM_CLOSED, HeaderValue::from_static("true"));
     }
@@ -918,7 +935,7 @@ async fn head(inner: Arc<Inner>, key: String) -> Result<Response<ResponseBody>, 
     let mut response = empty(StatusCode::OK);
     let headers = response.headers_mut();
     set(headers, CONTENT_TYPE, &config.content_type);
-    set(headers, STREAM_NEXT_OFFSET, Offset::new(view.tail));
+    set_offset(headers, STREAM_NEXT_OFFSET, Offset::new(view.tail));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     match config.expiry {
         Expiry::Never => {}
@@ -1005,7 +1022,7 @@ pub(crate) fn catch_up_response(
     };
     let headers = response.headers_mut();
     set(headers, CONTENT_TYPE, &result.config.content_type);
-    set(headers, STREAM_NEXT_OFFSET, Offset::new(result.end));
+    set_offset(headers, STREAM_NEXT_OFFSET, Offset::new(result.end));
     set(headers, ETAG, tag);
     if result.end == result.start && up_to_date {
         // An empty answer at the tail must be revalidated (the ETag changes with

@@ -591,12 +591,9 @@ impl LogWriter {
                 payload.extend_from_slice(&initial);
                 let id = record.config.id;
                 match self.queue(KIND_CREATE, id, &payload) {
-                    Ok((segment, offset)) => {
+                    Ok((segment, offset, header)) => {
                         let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
-                        let header = parse_header(&header(KIND_CREATE, id, &payload));
-                        if let Some(header) = header {
-                            let _ = apply(&mut index, segment, offset, &header, &payload);
-                        }
+                        let _ = apply(&mut index, segment, offset, &header, &payload);
                         done.push(Box::new(move |r| {
                             let _ = reply.send(r.map(|()| CreateOutcome::Created));
                         }));
@@ -667,11 +664,9 @@ impl LogWriter {
         done: &mut Vec<Done>,
     ) {
         match self.queue(kind, id, &payload) {
-            Ok((segment, offset)) => {
+            Ok((segment, offset, header)) => {
                 let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
-                if let Some(header) = parse_header(&header(kind, id, &payload)) {
-                    let _ = apply(&mut index, segment, offset, &header, &payload);
-                }
+                let _ = apply(&mut index, segment, offset, &header, &payload);
                 done.push(Box::new(move |r| {
                     let _ = reply.send(r);
                 }));
@@ -684,7 +679,7 @@ impl LogWriter {
 
     /// Adds a record to the batch, rotating segments as needed; returns where it
     /// will sit.
-    fn queue(&mut self, kind: u8, id: u64, payload: &[u8]) -> io::Result<(u32, u64)> {
+    fn queue(&mut self, kind: u8, id: u64, payload: &[u8]) -> io::Result<(u32, u64, Header)> {
         let len = (HEADER_LEN + payload.len()) as u64;
         if u32::try_from(payload.len()).is_err() {
             return Err(io::Error::new(
@@ -697,9 +692,16 @@ impl LogWriter {
             self.rotate()?;
         }
         let offset = self.size + self.buffer.len() as u64;
-        self.buffer.extend_from_slice(&header(kind, id, payload));
+        let bytes = header(kind, id, payload);
+        self.buffer.extend_from_slice(&bytes);
         self.buffer.extend_from_slice(payload);
-        Ok((self.current, offset))
+        let parsed = Header {
+            len: payload.len(),
+            kind,
+            stream_id: id,
+            payload_crc: u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]),
+        };
+        Ok((self.current, offset, parsed))
     }
 
     /// Writes the batch to the current segment and starts the next one.

@@ -92,6 +92,15 @@ impl Server {
     }
 }
 
+impl Drop for Server {
+    /// A failing test must not leave its server running (it would hold the
+    /// test runner's output pipe open).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A keep-alive HTTP/1.1 connection.
 pub struct Client(pub hyper::client::conn::http1::SendRequest<Full<Bytes>>);
 
