@@ -157,3 +157,25 @@ async fn deleting_streams_frees_their_segments() {
     );
     assert_eq!(get(&svc, "/keep").await.body.len(), 3000);
 }
+
+#[tokio::test]
+async fn a_damaged_header_before_intact_records_stops_the_open() {
+    let dir = tempfile::tempdir().expect("dir");
+    populate(dir.path()).await;
+    let last = segments(dir.path()).pop().expect("segment");
+    // An append record is a 24-byte header, 11 bytes of state (expected tail
+    // and three absent fields), then the data: damage the header's stream id.
+    let mut bytes = fs::read(&last).expect("read");
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"second-")
+        .expect("record");
+    let header_start = at - 11 - 24;
+    bytes[header_start + 8] ^= 0xff;
+    fs::write(&last, bytes).expect("write");
+    let opened = FileStorage::open(dir.path(), Durability::Fsync);
+    assert!(
+        opened.is_err(),
+        "intact records after the damage must not be cut off"
+    );
+}

@@ -220,3 +220,37 @@ async fn a_directory_in_use_is_refused() {
     drop(first);
     assert!(FileStorage::open(dir.path(), Durability::Fsync).is_ok());
 }
+
+#[tokio::test]
+async fn an_unreferenced_deleted_source_is_cleaned_up_on_load() {
+    use tower_durable_streams::storage::{Expiry, StreamConfig, StreamRecord};
+    // What a crash between deleting a last fork and its source leaves behind.
+    let storage = tower_durable_streams::MemoryStorage::new();
+    let mut record = StreamRecord::new(
+        StreamConfig {
+            id: 1,
+            content_type: "text/plain".into(),
+            expiry: Expiry::Never,
+            fork: None,
+        },
+        0,
+    );
+    record.soft_deleted = true;
+    storage
+        .create("/orphan", record, bytes::Bytes::from_static(b"x"))
+        .await
+        .expect("create");
+    let svc = service(storage.clone());
+    assert_eq!(
+        send(&svc, Method::HEAD, "/orphan", &[], b"").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(
+        storage.load().await.expect("load").is_empty(),
+        "its data is gone"
+    );
+    assert_eq!(
+        put(&svc, "/orphan", "text/plain", b"").await.status,
+        StatusCode::CREATED
+    );
+}

@@ -279,7 +279,15 @@ async fn main() {
         );
         return;
     }
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if !matches!(command, Command::Serve) && config.storage.mode == Mode::Memory {
+        fail(
+            "export and import work on stored data: set storage.mode (DS_STORAGE__MODE) \
+             to file-fast, file-durable or acid, and storage.data_dir",
+            2,
+        );
+    }
+    match command {
         Command::Serve => serve(config).await,
         Command::Export { out } => export(config, out).await,
         Command::Import { input, on_conflict } => import(config, input, on_conflict).await,
@@ -382,6 +390,12 @@ where
 
 async fn serve(config: Config) {
     let tls = tls::acceptor(&config.tls).unwrap_or_else(|e| fail(e, 2));
+    #[cfg(not(feature = "metrics"))]
+    if config.metrics.enabled {
+        tracing::warn!(
+            "metrics.enabled is set but this build has no metrics feature: /metrics is off"
+        );
+    }
     let cors = cors(&config).unwrap_or_else(|e| fail(e, 2));
     let address = SocketAddr::new(config.server.host, config.server.port);
     let listener = TcpListener::bind(address).await.unwrap_or_else(|e| {
@@ -496,7 +510,10 @@ async fn serve(config: Config) {
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
+                        // Out of file descriptors, for example: back off a little
+                        // instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };

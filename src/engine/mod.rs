@@ -369,6 +369,23 @@ impl Engine {
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(key, handle);
                 }
+                // A crash between deleting a last fork and its soft-deleted source
+                // leaves the source unreferenced: finish that clean-up now.
+                let orphans: Vec<String> = all
+                    .iter()
+                    .filter(|(key, record)| {
+                        record.soft_deleted && !refs.contains_key(key.as_str())
+                    })
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for key in orphans {
+                    if let Some(handle) = self.existing(&key) {
+                        handle.writer.lock().await.ref_count += 1;
+                    }
+                    if let Err(e) = self.release(&key).await {
+                        tracing::warn!(stream = %key, error = %e, "could not remove an unreferenced deleted stream");
+                    }
+                }
                 Ok::<_, EngineError>(())
             })
             .await

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -298,8 +298,17 @@ pub async fn import<R: AsyncBufRead + Unpin>(
     if header.format != FORMAT || header.version != VERSION {
         return Err(bad(1, format!("not a {FORMAT} version {VERSION} export")));
     }
+    // Streams that existing forks read through cannot be replaced.
+    let sources: std::collections::HashSet<String> = storage
+        .load()
+        .await?
+        .into_iter()
+        .filter_map(|(_, r)| r.config.fork.map(|f| f.source))
+        .collect();
     let mut summary = Summary::default();
-    let mut current: Option<(Box<StreamLine>, BytesMut, bool)> = None;
+    // The stream being imported: its line, whether it is skipped, and where its
+    // next bytes go. Bytes are appended chunk by chunk, never held whole.
+    let mut current: Option<(Box<StreamLine>, bool, u64)> = None;
     while let Some(text) = lines.next_line().await? {
         number += 1;
         let line: Line = serde_json::from_str(&text).map_err(|e| bad(number, e.to_string()))?;
@@ -313,29 +322,55 @@ pub async fn import<R: AsyncBufRead + Unpin>(
                     Some(_) => match on_conflict {
                         OnConflict::Skip => true,
                         OnConflict::Fail => return Err(BackupError::Conflict(stream.path)),
+                        OnConflict::Replace if sources.contains(&stream.path) => {
+                            return Err(BackupError::Conflict(format!(
+                                "{} (forks read through it; it cannot be replaced)",
+                                stream.path
+                            )))
+                        }
                         OnConflict::Replace => {
                             storage.delete(&stream.path).await?;
                             false
                         }
                     },
                 };
-                current = Some((stream, BytesMut::new(), skip));
+                if !skip {
+                    let record = StreamRecord::new(stream.config(number)?, stream.start);
+                    if let CreateOutcome::Exists(_) =
+                        storage.create(&stream.path, record, Bytes::new()).await?
+                    {
+                        return Err(BackupError::Conflict(stream.path.clone()));
+                    }
+                }
+                let start = stream.start;
+                current = Some((stream, skip, start));
             }
             Line::Data(data) => {
-                let (_, buffer, _) = current
+                let (stream, skip, position) = current
                     .as_mut()
                     .ok_or_else(|| bad(number, "data outside a stream".into()))?;
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(data)
                     .map_err(|e| bad(number, e.to_string()))?;
-                buffer.extend_from_slice(&bytes);
+                if !*skip {
+                    let append = Append {
+                        stream_id: stream.id,
+                        expected_tail: *position,
+                        data: Bytes::from(bytes.clone()),
+                        stream_seq: None,
+                        producer: None,
+                        close: None,
+                    };
+                    storage.append(&stream.path, append).await?;
+                }
+                *position += bytes.len() as u64;
             }
             Line::End { path, bytes } => {
-                let (stream, data, skip) = current
+                let (stream, skip, position) = current
                     .take()
                     .ok_or_else(|| bad(number, "end outside a stream".into()))?;
                 if path != stream.path
-                    || bytes != data.len() as u64
+                    || position != stream.tail
                     || stream.tail != stream.start + bytes
                 {
                     return Err(bad(number, format!("length or path mismatch for {path}")));
@@ -344,7 +379,7 @@ pub async fn import<R: AsyncBufRead + Unpin>(
                     summary.skipped += 1;
                     continue;
                 }
-                restore(storage, &stream, data.freeze(), number).await?;
+                restore_state(storage, &stream).await?;
                 summary.streams += 1;
                 summary.bytes += bytes;
             }
@@ -356,18 +391,10 @@ pub async fn import<R: AsyncBufRead + Unpin>(
     Ok(summary)
 }
 
-/// Creates one stream with its bytes, then sets its state with empty appends.
-async fn restore(
-    storage: &dyn Storage,
-    stream: &StreamLine,
-    data: Bytes,
-    line: usize,
-) -> Result<(), BackupError> {
-    let record = StreamRecord::new(stream.config(line)?, stream.start);
-    let id = record.config.id;
-    if let CreateOutcome::Exists(_) = storage.create(&stream.path, record, data).await? {
-        return Err(BackupError::Conflict(stream.path.clone()));
-    }
+/// Sets an imported stream's state with empty appends: `Stream-Seq`, producers,
+/// closure, then soft deletion.
+async fn restore_state(storage: &dyn Storage, stream: &StreamLine) -> Result<(), BackupError> {
+    let id = stream.id;
     let state = |producer: Option<(String, ProducerState)>,
                  stream_seq: Option<String>,
                  close: Option<Option<ProducerTuple>>| Append {

@@ -386,11 +386,11 @@ fn replay_segment(
     let mut at = 0;
     while at < bytes.len() {
         let Some(header) = bytes.get(at..at + HEADER_LEN).and_then(parse_header) else {
-            return torn(number, at, bytes.len(), is_last);
+            return torn(number, at, bytes.len(), is_last, bytes);
         };
         let start = at + HEADER_LEN;
         let Some(payload) = bytes.get(start..start + header.len) else {
-            return torn(number, at, bytes.len(), is_last);
+            return torn(number, at, bytes.len(), is_last, bytes);
         };
         let end = start + header.len;
         if crc32fast::hash(payload) != header.payload_crc {
@@ -418,14 +418,36 @@ fn replay_segment(
     Ok(at)
 }
 
-fn torn(number: u32, at: usize, len: usize, is_last: bool) -> Result<usize, StorageError> {
-    if is_last {
+fn torn(
+    number: u32,
+    at: usize,
+    len: usize,
+    is_last: bool,
+    bytes: &[u8],
+) -> Result<usize, StorageError> {
+    if is_last && !valid_record_after(bytes, at) {
         Ok(at)
+    } else if is_last {
+        Err(StorageError::Corrupt(format!(
+            "log segment {number:010} is damaged at byte {at} of {len}, with intact records after it"
+        )))
     } else {
         Err(StorageError::Corrupt(format!(
             "log segment {number:010} is damaged at byte {at} of {len}, before the end of the log"
         )))
     }
+}
+
+/// Whether an intact record starts anywhere after `at`: then the damage at `at`
+/// is not a torn tail (which only ever ends the log) and must not be cut off.
+fn valid_record_after(bytes: &[u8], at: usize) -> bool {
+    (at + 1..bytes.len().saturating_sub(HEADER_LEN)).any(|pos| {
+        parse_header(&bytes[pos..pos + HEADER_LEN]).is_some_and(|h| {
+            bytes
+                .get(pos + HEADER_LEN..pos + HEADER_LEN + h.len)
+                .is_some_and(|payload| crc32fast::hash(payload) == h.payload_crc)
+        })
+    })
 }
 
 /// Applies one checked record to the index.
@@ -536,7 +558,11 @@ impl LogWriter {
                     pending = rx.try_recv().ok();
                 }
             }
-            let result = self.flush(&shared);
+            let result = if shared.poisoned.load(Ordering::Acquire) {
+                Err(io::Error::other("the log writer stopped during this batch"))
+            } else {
+                self.flush(&shared)
+            };
             if !done.is_empty() {
                 let bucket = (usize::BITS - (done.len() - 1).leading_zeros()) as usize;
                 shared.stats.batch_sizes[bucket.min(12)].fetch_add(1, Ordering::Relaxed);
@@ -582,7 +608,10 @@ impl LogWriter {
                     index.streams.get(&key).map(|e| e.record.clone())
                 };
                 if let Some(existing) = existing {
-                    let _ = reply.send(Ok(CreateOutcome::Exists(Box::new(existing))));
+                    // Answered after the flush: the record may be this batch's.
+                    done.push(Box::new(move |r| {
+                        let _ = reply.send(r.map(|()| CreateOutcome::Exists(Box::new(existing))));
+                    }));
                     return;
                 }
                 let mut payload = BytesMut::new();
@@ -599,6 +628,8 @@ impl LogWriter {
                         }));
                     }
                     Err(e) => {
+                        // The batch can no longer be trusted: stop the writer.
+                        shared.poisoned.store(true, Ordering::Release);
                         let _ = reply.send(Err(e.into()));
                     }
                 }
@@ -672,6 +703,8 @@ impl LogWriter {
                 }));
             }
             Err(e) => {
+                // The batch can no longer be trusted: stop the writer.
+                shared.poisoned.store(true, Ordering::Release);
                 let _ = reply.send(Err(e.into()));
             }
         }
@@ -713,14 +746,16 @@ impl LogWriter {
         let Some(shared) = self.shared.upgrade() else {
             return Err(io::Error::other("storage dropped"));
         };
-        self.current += 1;
-        self.file = OpenOptions::new()
+        let next = self.current + 1;
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(segment_path(&shared.dir, self.current))?;
+            .open(segment_path(&shared.dir, next))?;
         if self.durability == Durability::Fsync {
             sync_dir(&shared.dir.join("log"))?;
         }
+        self.current = next;
+        self.file = file;
         self.size = 0;
         shared
             .index
@@ -774,6 +809,8 @@ impl LogWriter {
             .open_segments
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        // Oldest first, and stop at the first failure: a newer dead segment may
+        // hold the delete records that keep an older one's streams deleted.
         for number in dead {
             match fs::remove_file(segment_path(&shared.dir, number)) {
                 Ok(()) => {
@@ -785,8 +822,14 @@ impl LogWriter {
                     );
                 }
                 Err(e) => {
-                    tracing::warn!(segment = number, error = %e, "could not delete a dead log segment")
+                    tracing::warn!(segment = number, error = %e, "could not delete a dead log segment");
+                    break;
                 }
+            }
+        }
+        if self.durability == Durability::Fsync {
+            if let Err(e) = sync_dir(&shared.dir.join("log")) {
+                tracing::warn!(error = %e, "could not sync the log directory after deleting segments");
             }
         }
     }
@@ -794,6 +837,9 @@ impl LogWriter {
 
 impl Storage for FileStorage {
     fn load(&self) -> StorageFuture<'_, Vec<(String, StreamRecord)>> {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Box::pin(async { Err(poisoned()) });
+        }
         let index = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
         let all = index
             .streams
@@ -804,6 +850,10 @@ impl Storage for FileStorage {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> StorageFuture<'a, Option<StreamRecord>> {
+        // After a failed flush the index may hold what never reached the disk.
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Box::pin(async { Err(poisoned()) });
+        }
         let index = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
         let record = index.streams.get(key).map(|e| e.record.clone());
         Box::pin(async move { Ok(record) })

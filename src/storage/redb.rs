@@ -281,7 +281,10 @@ impl ShardWriter {
                 reply,
             } => {
                 if let Some(existing) = self.current(staged, &key) {
-                    let _ = reply.send(Ok(CreateOutcome::Exists(Box::new(existing))));
+                    // Answered after the commit: the record may be this batch's.
+                    done.push(Box::new(move |r| {
+                        let _ = reply.send(r.map(|()| CreateOutcome::Exists(Box::new(existing))));
+                    }));
                     return Ok(());
                 }
                 if !initial.is_empty() {
@@ -299,14 +302,13 @@ impl ShardWriter {
                 let mut record = match self.current(staged, &key) {
                     Some(r) if r.config.id == append.stream_id => r,
                     _ => {
-                        let _ = reply.send(Err(StorageError::NotFound));
+                        refuse_after_commit(done, reply, StorageError::NotFound);
                         return Ok(());
                     }
                 };
                 if record.tail != append.expected_tail || record.closed {
-                    let _ = reply.send(Err(StorageError::Conflict {
-                        actual_tail: record.tail,
-                    }));
+                    let actual_tail = record.tail;
+                    refuse_after_commit(done, reply, StorageError::Conflict { actual_tail });
                     return Ok(());
                 }
                 if !append.data.is_empty() {
@@ -360,6 +362,18 @@ fn put(
     codec::put_record(&mut Writer(&mut buf), record);
     streams.insert(key, buf.as_ref()).map_err(backend)?;
     Ok(())
+}
+
+/// Answers a refusal once the batch's commit is settled: the refusal read the
+/// batch's own state.
+fn refuse_after_commit(
+    done: &mut Vec<Done>,
+    reply: oneshot::Sender<Result<(), StorageError>>,
+    error: StorageError,
+) {
+    done.push(Box::new(move |r| {
+        let _ = reply.send(r.and(Err(error)));
+    }));
 }
 
 fn refuse(op: Op, reason: String) {
