@@ -93,9 +93,21 @@ pub enum EngineError {
         /// The per-stream limit.
         limit: u64,
     },
-    /// The storage layer failed (500, or 507 when full).
+    /// The storage backend is out of room; nothing was written (507).
+    #[error("the storage backend is full; nothing was written")]
+    Full,
+    /// The storage layer failed (500).
     #[error("storage failure")]
-    Storage(#[from] StorageError),
+    Storage(#[source] StorageError),
+}
+
+impl From<StorageError> for EngineError {
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::Full => EngineError::Full,
+            other => EngineError::Storage(other),
+        }
+    }
 }
 
 impl From<JsonError> for EngineError {
@@ -983,7 +995,7 @@ impl Engine {
     fn storage_error(&self, error: StorageError) -> EngineError {
         match error {
             StorageError::NotFound => EngineError::NotFound,
-            other => EngineError::Storage(other),
+            other => other.into(),
         }
     }
 

@@ -9,7 +9,6 @@ use crate::protocol::{
     Offset, PRODUCER_EPOCH, PRODUCER_EXPECTED_SEQ, PRODUCER_RECEIVED_SEQ, STREAM_CLOSED,
     STREAM_NEXT_OFFSET,
 };
-use crate::storage::StorageError;
 
 /// A refusal: a status, a stable machine-readable code, a human-readable detail
 /// and the protocol headers that go with it.
@@ -117,11 +116,9 @@ impl From<EngineError> for Problem {
             EngineError::StreamTooLarge { .. } => {
                 Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "STREAM_TOO_LARGE", detail)
             }
-            EngineError::Storage(StorageError::Full) => Problem::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "STORAGE_FULL",
-                "the storage backend is full; nothing was written",
-            ),
+            EngineError::Full => {
+                Problem::new(StatusCode::INSUFFICIENT_STORAGE, "STORAGE_FULL", detail)
+            }
             EngineError::Storage(e) => {
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e), "storage failure");
                 Problem::new(
