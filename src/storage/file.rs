@@ -32,7 +32,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 use super::codec::{self, Reader, Writer};
-use super::queue::{poisoned, reject, reply, Op};
+use super::queue::{answer, poisoned, reject, Op};
 use super::{
     Append, AppendFuture, CreateOutcome, Cut, ReadChunk, Storage, StorageError, StorageFuture,
     StreamRecord,
@@ -872,10 +872,7 @@ impl Storage for FileStorage {
             initial,
             reply,
         });
-        Box::pin(async move {
-            submitted?;
-            self::reply(rx).await
-        })
+        answer(submitted, rx)
     }
 
     fn append(&self, key: &str, append: Append) -> AppendFuture {
@@ -886,10 +883,7 @@ impl Storage for FileStorage {
             append,
             reply,
         });
-        Box::pin(async move {
-            submitted?;
-            self::reply(rx).await
-        })
+        answer(submitted, rx)
     }
 
     fn read<'a>(
@@ -922,10 +916,7 @@ impl Storage for FileStorage {
             key: key.to_owned(),
             reply,
         });
-        Box::pin(async move {
-            submitted?;
-            self::reply(rx).await
-        })
+        answer(submitted, rx)
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()> {
@@ -934,10 +925,7 @@ impl Storage for FileStorage {
             key: key.to_owned(),
             reply,
         });
-        Box::pin(async move {
-            submitted?;
-            self::reply(rx).await
-        })
+        answer(submitted, rx)
     }
 }
 

@@ -47,9 +47,14 @@ pub(crate) fn poisoned() -> StorageError {
     ))
 }
 
-/// Awaits the writer's answer.
-pub(crate) async fn reply<T>(
+/// The future of a queued operation: fails at once if it could not be queued,
+/// else resolves with the writer's answer.
+pub(crate) fn answer<T: Send + 'static>(
+    submitted: Result<(), StorageError>,
     rx: oneshot::Receiver<Result<T, StorageError>>,
-) -> Result<T, StorageError> {
-    rx.await.unwrap_or_else(|_| Err(poisoned()))
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StorageError>> + Send>> {
+    Box::pin(async move {
+        submitted?;
+        rx.await.unwrap_or_else(|_| Err(poisoned()))
+    })
 }

@@ -22,7 +22,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::oneshot;
 
 use super::codec::{self, Reader, Writer};
-use super::queue::{poisoned, reply, Op};
+use super::queue::{answer, poisoned, Op};
 use super::{
     Append, AppendFuture, CreateOutcome, Cut, ReadChunk, Storage, StorageError, StorageFuture,
     StreamRecord,
@@ -485,10 +485,7 @@ impl Storage for RedbStorage {
                 reply: tx,
             },
         );
-        Box::pin(async move {
-            submitted?;
-            reply(rx).await
-        })
+        answer(submitted, rx)
     }
 
     fn append(&self, key: &str, append: Append) -> AppendFuture {
@@ -501,10 +498,7 @@ impl Storage for RedbStorage {
                 reply: tx,
             },
         );
-        Box::pin(async move {
-            submitted?;
-            reply(rx).await
-        })
+        answer(submitted, rx)
     }
 
     fn read<'a>(
@@ -547,10 +541,7 @@ impl Storage for RedbStorage {
                 reply: tx,
             },
         );
-        Box::pin(async move {
-            submitted?;
-            reply(rx).await
-        })
+        answer(submitted, rx)
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()> {
@@ -562,10 +553,7 @@ impl Storage for RedbStorage {
                 reply: tx,
             },
         );
-        Box::pin(async move {
-            submitted?;
-            reply(rx).await
-        })
+        answer(submitted, rx)
     }
 }
 
