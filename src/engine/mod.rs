@@ -176,6 +176,13 @@ impl Handle {
         self.last_access_ms.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// Renews a sliding TTL; streams without one skip the clock read.
+    fn touch_for(&self, config: &StreamConfig) {
+        if matches!(config.expiry, Expiry::Ttl(_)) {
+            self.touch();
+        }
+    }
+
     fn expired(&self, config: &StreamConfig) -> bool {
         if self.view.receiver_count() > 0 {
             // Live readers keep a stream alive (section 5.1).
@@ -464,18 +471,32 @@ impl Engine {
 
     /// The current view of `key`, after expiring it if its time has come.
     async fn live_view(&self, key: &str) -> Result<(Arc<Handle>, View), EngineError> {
-        let due = {
-            let handle = self.existing(key).ok_or(EngineError::NotFound)?;
-            let view = handle.view.borrow().clone();
-            let config = view.config.clone().ok_or(EngineError::NotFound)?;
-            !view.soft_deleted && handle.expired(&config)
-        };
-        if due {
-            self.expire(key).await?;
+        let handle = self.existing(key).ok_or(EngineError::NotFound)?;
+        let view = handle.view.borrow().clone();
+        let config = view.config.as_ref().ok_or(EngineError::NotFound)?;
+        if view.soft_deleted || !handle.expired(config) {
+            return Ok((handle, view));
         }
+        drop(handle);
+        self.expire(key).await?;
         let handle = self.existing(key).ok_or(EngineError::NotFound)?;
         let view = handle.view.borrow().clone();
         Ok((handle, view))
+    }
+
+    /// Locks the writer of a handle already looked up, or of `key`'s current
+    /// handle if that one has been detached in the meantime.
+    async fn lock_handle(
+        &self,
+        key: &str,
+        handle: Arc<Handle>,
+    ) -> Option<(Arc<Handle>, OwnedWriter)> {
+        let guard = OwnedWriter(handle.writer.clone().lock_owned().await);
+        if handle.detached.load(Ordering::Acquire) {
+            drop(guard);
+            return self.lock(key, false).await;
+        }
+        Some((handle, guard))
     }
 
     /// Deletes `key` if it has expired.
@@ -782,7 +803,7 @@ impl Engine {
     /// Appends to (and possibly closes) a stream (`POST`).
     pub async fn append(&self, key: &str, request: AppendRequest) -> Result<Appended, EngineError> {
         self.ready().await?;
-        let (_, view) = self.live_view(key).await?;
+        let (handle, view) = self.live_view(key).await?;
         let config = view.config.ok_or(EngineError::NotFound)?;
         if view.soft_deleted {
             return Err(EngineError::Gone);
@@ -799,7 +820,10 @@ impl Engine {
         } else {
             None
         };
-        let (handle, mut writer) = self.lock(key, false).await.ok_or(EngineError::NotFound)?;
+        let (handle, mut writer) = self
+            .lock_handle(key, handle)
+            .await
+            .ok_or(EngineError::NotFound)?;
         // Decide with the record borrowed under the lock: no copy on the hot path.
         let (append, tail) = {
             let record = match writer.get().record.as_ref() {
@@ -901,11 +925,17 @@ impl Engine {
             self.refresh(key).await;
             return Err(self.storage_error(e));
         }
-        handle.touch();
-        handle.view.send_modify(|v| {
+        handle.touch_for(&config);
+        // Wake live readers only if there are any: a reader that subscribes
+        // later reads the updated view itself (the count is read under the
+        // view's write lock, which its first `borrow` waits for).
+        handle.view.send_if_modified(|v| {
             if v.config.as_ref().is_some_and(|c| c.id == stream_id) {
                 v.tail = v.tail.max(new_tail);
                 v.closed |= closed;
+                handle.view.receiver_count() > 0
+            } else {
+                false
             }
         });
         Ok(Appended {
@@ -1023,7 +1053,7 @@ impl Engine {
         if view.soft_deleted {
             return Err(EngineError::Gone);
         }
-        handle.touch();
+        handle.touch_for(&config);
         let start = match from {
             ReadFrom::Start => 0,
             ReadFrom::Now => view.tail,

@@ -493,7 +493,7 @@ where
             let headers = response.headers_mut();
             headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
             headers.insert(
-                "cross-origin-resource-policy",
+                CROSS_ORIGIN_RESOURCE_POLICY,
                 HeaderValue::from_static("cross-origin"),
             );
             response
@@ -511,24 +511,30 @@ where
 {
     let (parts, body) = request.into_parts();
     let key = stream_key(parts.uri.path(), inner.base_path.as_deref())?;
-    let parts = Arc::new(parts);
-    if let Some(authorizer) = &inner.authorizer {
-        let body_empty = body.size_hint().exact() == Some(0);
-        for operation in operations(&inner, &parts, &key, body_empty)? {
-            let request = AuthorizeRequest::new(parts.clone(), operation);
-            if let Err(refusal) = authorizer.authorize(request).await {
-                return Err(Problem::refused(refusal));
+    // The authorizer is handed shared parts; without one, nothing is shared.
+    let shared: Arc<Parts>;
+    let parts = match &inner.authorizer {
+        None => &parts,
+        Some(authorizer) => {
+            shared = Arc::new(parts);
+            let body_empty = body.size_hint().exact() == Some(0);
+            for operation in operations(&inner, &shared, &key, body_empty)? {
+                let request = AuthorizeRequest::new(shared.clone(), operation);
+                if let Err(refusal) = authorizer.authorize(request).await {
+                    return Err(Problem::refused(refusal));
+                }
             }
+            &*shared
         }
-    }
+    };
     let _write = match parts.method {
         Method::PUT | Method::POST | Method::DELETE => Some(write_permit(&inner)?),
         _ => None,
     };
     match parts.method {
-        Method::PUT => create(inner, key, &parts, body).await,
-        Method::POST => append(inner, key, &parts, body).await,
-        Method::GET => read(inner, key, &parts).await,
+        Method::PUT => create(inner, key, parts, body).await,
+        Method::POST => append(inner, key, parts, body).await,
+        Method::GET => read(inner, key, parts).await,
         Method::HEAD => head(inner, key).await,
         Method::DELETE => {
             inner.engine.delete(&key).await?;
@@ -665,6 +671,9 @@ fn operations(
         _ => Vec::new(),
     })
 }
+
+const CROSS_ORIGIN_RESOURCE_POLICY: http::HeaderName =
+    http::HeaderName::from_static("cross-origin-resource-policy");
 
 fn allowed() -> HeaderValue {
     HeaderValue::from_static("GET, HEAD, PUT, POST, DELETE, OPTIONS")
