@@ -7,7 +7,7 @@ mod content;
 mod cursor;
 mod headers;
 mod offset;
-mod sse;
+pub(crate) mod sse;
 
 pub use content::{
     is_json, is_sse_text, is_valid_content_type, json_prefix_len, json_read_frame, json_to_wire,

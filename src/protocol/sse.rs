@@ -29,19 +29,27 @@ pub enum SseEncoding {
 pub fn data_event(pieces: &[Bytes], encoding: SseEncoding) -> Bytes {
     let size: usize = pieces.iter().map(Bytes::len).sum();
     let mut out = BytesMut::with_capacity(size * 4 / 3 + 32);
+    put_data_event(&mut out, pieces, encoding);
+    out.freeze()
+}
+
+/// Appends a `data` event (as [`data_event`] encodes it) to `out`.
+pub(crate) fn put_data_event(out: &mut BytesMut, pieces: &[Bytes], encoding: SseEncoding) {
     out.put_slice(b"event: data\n");
     match encoding {
         SseEncoding::Base64 => {
-            let mut joined = Vec::with_capacity(size);
-            for piece in pieces {
-                joined.extend_from_slice(piece);
-            }
             out.put_slice(b"data:");
-            out.put_slice(
-                base64::engine::general_purpose::STANDARD
-                    .encode(joined)
-                    .as_bytes(),
-            );
+            let engine = &base64::engine::general_purpose::STANDARD;
+            let mut put = |bytes: &[u8]| {
+                let at = out.len();
+                out.resize(at + base64::encoded_len(bytes.len(), true).unwrap_or(0), 0);
+                let written = engine.encode_slice(bytes, &mut out[at..]).unwrap_or(0);
+                out.truncate(at + written);
+            };
+            match pieces {
+                [one] => put(one),
+                many => put(&many.concat()),
+            }
             out.put_u8(b'\n');
         }
         SseEncoding::Text => {
@@ -73,7 +81,6 @@ pub fn data_event(pieces: &[Bytes], encoding: SseEncoding) -> Bytes {
         }
     }
     out.put_u8(b'\n');
-    out.freeze()
 }
 
 /// How many bytes at the end of `pieces` form an incomplete UTF-8 sequence, which
@@ -132,23 +139,38 @@ pub struct Control<'a> {
 /// assert_eq!(&frame[..], &b"event: control\ndata:{\"streamNextOffset\":\"o\",\"streamCursor\":\"7\",\"upToDate\":true}\n\n"[..]);
 /// ```
 pub fn control_event(control: &Control<'_>) -> Bytes {
-    let quote = |s: &str| serde_json::Value::from(s).to_string();
-    let mut json = format!("{{\"streamNextOffset\":{}", quote(control.next_offset));
+    let mut out = BytesMut::with_capacity(128);
+    put_control_event(&mut out, control);
+    out.freeze()
+}
+
+/// Appends a `control` event (as [`control_event`] encodes it) to `out`.
+pub(crate) fn put_control_event(out: &mut BytesMut, control: &Control<'_>) {
+    out.put_slice(b"event: control\ndata:{\"streamNextOffset\":");
+    put_json_string(out, control.next_offset);
     if let Some(cursor) = control.cursor {
-        json.push_str(&format!(",\"streamCursor\":{}", quote(cursor)));
+        out.put_slice(b",\"streamCursor\":");
+        put_json_string(out, cursor);
     }
     if control.up_to_date {
-        json.push_str(",\"upToDate\":true");
+        out.put_slice(b",\"upToDate\":true");
     }
     if control.closed {
-        json.push_str(",\"streamClosed\":true");
+        out.put_slice(b",\"streamClosed\":true");
     }
-    json.push('}');
-    let mut out = BytesMut::with_capacity(json.len() + 24);
-    out.put_slice(b"event: control\ndata:");
-    out.put_slice(json.as_bytes());
-    out.put_slice(b"\n\n");
-    out.freeze()
+    out.put_slice(b"}\n\n");
+}
+
+/// A JSON string literal; offsets and cursors need no escaping, so the common
+/// case is a plain copy.
+fn put_json_string(out: &mut BytesMut, value: &str) {
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.put_u8(b'"');
+        out.put_slice(value.as_bytes());
+        out.put_u8(b'"');
+    } else {
+        out.put_slice(serde_json::Value::from(value).to_string().as_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +204,20 @@ mod tests {
         assert_eq!(
             &data_event(&[], SseEncoding::Base64)[..],
             b"event: data\ndata:\n\n"
+        );
+    }
+
+    #[test]
+    fn control_strings_are_escaped_when_needed() {
+        let frame = control_event(&Control {
+            next_offset: "o",
+            cursor: Some("a\"b\\c\n"),
+            up_to_date: false,
+            closed: false,
+        });
+        assert_eq!(
+            &frame[..],
+            &b"event: control\ndata:{\"streamNextOffset\":\"o\",\"streamCursor\":\"a\\\"b\\\\c\\n\"}\n\n"[..]
         );
     }
 

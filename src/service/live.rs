@@ -11,10 +11,10 @@ use tokio::time::Instant;
 use super::problem::Problem;
 use super::{catch_up_response, Inner, ResponseBody};
 use crate::engine::{EngineError, View};
+use crate::protocol::sse::{put_control_event, put_data_event};
 use crate::protocol::{
-    control_event, data_event, incomplete_utf8_suffix, is_sse_text, Control, Offset, ReadFrom,
-    SseEncoding, STREAM_CLOSED, STREAM_CURSOR, STREAM_NEXT_OFFSET, STREAM_SSE_DATA_ENCODING,
-    STREAM_UP_TO_DATE,
+    incomplete_utf8_suffix, is_sse_text, Control, Offset, ReadFrom, SseEncoding, STREAM_CLOSED,
+    STREAM_CURSOR, STREAM_NEXT_OFFSET, STREAM_SSE_DATA_ENCODING, STREAM_UP_TO_DATE,
 };
 use crate::storage::StreamConfig;
 
@@ -121,7 +121,10 @@ struct SseState {
     rx: watch::Receiver<View>,
     encoding: SseEncoding,
     cursor: String,
-    deadline: Instant,
+    /// Ends the response for a reconnect; made once, not per wait.
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Shutdown, likewise registered once.
+    shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     sent_control: bool,
     done: bool,
     /// Held for as long as the response streams.
@@ -144,7 +147,8 @@ pub(crate) async fn sse(
     };
     let state = SseState {
         cursor: inner.cursor.cursor(cursor.as_deref()).to_string(),
-        deadline: Instant::now() + inner.sse_reconnect_interval,
+        deadline: Box::pin(tokio::time::sleep(inner.sse_reconnect_interval)),
+        shutdown: Box::pin(inner.shutdown.clone().cancelled_owned()),
         config: first.config.clone(),
         position: first.start,
         inner,
@@ -217,8 +221,11 @@ async fn next_event(state: &mut SseState) -> Result<Option<Bytes>, EngineError> 
                 } else {
                     data
                 };
-                let mut frame = BytesMut::from(&data_event(&pieces, state.encoding)[..]);
-                frame.extend_from_slice(&control(state, end, at_tail, closed));
+                // One buffer for both events: the data, then where to go on.
+                let size: usize = pieces.iter().map(Bytes::len).sum();
+                let mut frame = BytesMut::with_capacity(size * 4 / 3 + 192);
+                put_data_event(&mut frame, &pieces, state.encoding);
+                put_control(&mut frame, state, end, at_tail, closed);
                 state.position = end;
                 state.sent_control = true;
                 state.done = closed;
@@ -239,8 +246,8 @@ async fn next_event(state: &mut SseState) -> Result<Option<Bytes>, EngineError> 
                     return Ok(None);
                 }
             }
-            () = tokio::time::sleep_until(state.deadline) => return Ok(None),
-            () = state.inner.shutdown.cancelled() => {
+            () = state.deadline.as_mut() => return Ok(None),
+            () = state.shutdown.as_mut() => {
                 // Shutting down: a last control event, then the response ends
                 // and the client reconnects elsewhere from that offset.
                 state.done = true;
@@ -252,11 +259,21 @@ async fn next_event(state: &mut SseState) -> Result<Option<Bytes>, EngineError> 
 }
 
 fn control(state: &SseState, next: u64, up_to_date: bool, closed: bool) -> Bytes {
-    let next_offset = Offset::new(next).to_string();
-    control_event(&Control {
-        next_offset: &next_offset,
-        cursor: (!closed).then_some(state.cursor.as_str()),
-        up_to_date,
-        closed,
-    })
+    let mut out = BytesMut::with_capacity(160);
+    put_control(&mut out, state, next, up_to_date, closed);
+    out.freeze()
+}
+
+fn put_control(out: &mut BytesMut, state: &SseState, next: u64, up_to_date: bool, closed: bool) {
+    let next_offset = Offset::new(next).to_bytes();
+    let next_offset = std::str::from_utf8(&next_offset).unwrap_or_default();
+    put_control_event(
+        out,
+        &Control {
+            next_offset,
+            cursor: (!closed).then_some(state.cursor.as_str()),
+            up_to_date,
+            closed,
+        },
+    );
 }
