@@ -349,6 +349,14 @@ async fn import(config: Config, input: PathBuf, on_conflict: Conflict) {
 
 type Ready = Arc<OnceLock<(DurableStreamsService, Describe)>>;
 
+/// Where a request goes: the streams with CORS, the streams without (writes
+/// that no browser sent), or the router (health, metrics).
+enum Target {
+    Cors(Box<tower_http::cors::Cors<ReadyStreams>>),
+    Plain(ReadyStreams),
+    Other(Router),
+}
+
 /// The streams service once storage is open; 503 until then.
 #[derive(Clone)]
 struct ReadyStreams(Ready);
@@ -360,8 +368,9 @@ where
 {
     type Response = http::Response<tower_durable_streams::ResponseBody>;
     type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    type Future = futures_util::future::Either<
+        tower_durable_streams::ResponseFuture,
+        std::future::Ready<Result<Self::Response, Infallible>>,
     >;
 
     fn poll_ready(
@@ -375,15 +384,15 @@ where
         match self.0.get() {
             Some((streams, _)) => {
                 let mut streams = streams.clone();
-                Box::pin(tower::Service::call(&mut streams, request))
+                futures_util::future::Either::Left(tower::Service::call(&mut streams, request))
             }
-            None => Box::pin(async {
+            None => {
                 let mut response = http::Response::new(tower_durable_streams::ResponseBody::from(
                     bytes::Bytes::from_static(b"opening storage\n"),
                 ));
                 *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                Ok(response)
-            }),
+                futures_util::future::Either::Right(std::future::ready(Ok(response)))
+            }
         }
     }
 }
@@ -434,7 +443,11 @@ async fn serve(config: Config) {
                 limit => builder.max_stream_bytes(limit),
             };
             #[cfg(feature = "metrics")]
-            let builder = builder.metrics(metrics);
+            let builder = if config.metrics.enabled {
+                builder.metrics(metrics)
+            } else {
+                builder
+            };
             let streams = builder.build().unwrap_or_else(|e| fail(e, 2));
             if let Err(e) = streams.ready().await {
                 fail(format!("cannot load streams from storage: {e}"), 1);
@@ -483,19 +496,42 @@ async fn serve(config: Config) {
     }
     // The hot path skips the router: requests under the mount point go straight
     // to the (CORS-wrapped) streams service; the rest (health, metrics) to axum.
+    // Writes that carry no `Origin` (not from a browser, never cached) skip the
+    // CORS layer; reads always pass it, so a cached read suits every origin.
+    let plain = ReadyStreams(ready.clone());
     let streams = tower::ServiceBuilder::new()
         .layer(cors)
-        .service(ReadyStreams(ready.clone()));
+        .service(plain.clone());
     let app = tower::service_fn(move |request: Request<hyper::body::Incoming>| {
-        let (app, streams) = (app.clone(), streams.clone());
-        async move {
-            let path = request.uri().path();
-            let response = if path == BASE_PATH || path.starts_with(concat!("/v1/stream", "/")) {
-                let Ok(response) = streams.oneshot(request).await;
-                response.map(axum::body::Body::new)
+        let path = request.uri().path();
+        let target = if path == BASE_PATH || path.starts_with(concat!("/v1/stream", "/")) {
+            let browser = request.headers().contains_key(http::header::ORIGIN)
+                || matches!(
+                    *request.method(),
+                    Method::GET | Method::HEAD | Method::OPTIONS
+                );
+            if browser {
+                Target::Cors(Box::new(streams.clone()))
             } else {
-                let Ok(response) = app.oneshot(request.map(axum::body::Body::new)).await;
-                response
+                Target::Plain(plain.clone())
+            }
+        } else {
+            Target::Other(app.clone())
+        };
+        async move {
+            let response = match target {
+                Target::Cors(streams) => {
+                    let Ok(response) = streams.oneshot(request).await;
+                    response.map(axum::body::Body::new)
+                }
+                Target::Plain(streams) => {
+                    let Ok(response) = streams.oneshot(request).await;
+                    response.map(axum::body::Body::new)
+                }
+                Target::Other(app) => {
+                    let Ok(response) = app.oneshot(request.map(axum::body::Body::new)).await;
+                    response
+                }
             };
             Ok::<_, Infallible>(response)
         }
