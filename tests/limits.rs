@@ -112,3 +112,45 @@ fn tokio_stream_from<T: Send + 'static>(
 ) -> impl futures_core::Stream<Item = T> + Send {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// A body of several frames (and trailers), as a chunked upload arrives.
+fn framed(pieces: &[&'static [u8]]) -> impl http_body::Body<Data = Bytes, Error = std::io::Error> {
+    let mut frames: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = pieces
+        .iter()
+        .map(|p| Ok(http_body::Frame::data(Bytes::from_static(p))))
+        .collect();
+    frames.push(Ok(http_body::Frame::trailers(http::HeaderMap::new())));
+    http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+}
+
+#[tokio::test]
+async fn a_body_in_many_frames_is_appended_whole_and_limited_whole() {
+    let svc = DurableStreamsService::builder()
+        .max_append_bytes(8)
+        .build()
+        .expect("service");
+    put(&svc, "/s", "text/plain", b"").await;
+    let request = |pieces: &[&'static [u8]]| {
+        http::Request::post("/s")
+            .header("content-type", "text/plain")
+            .body(framed(pieces))
+            .expect("request")
+    };
+    let done = svc
+        .clone()
+        .oneshot(request(&[b"ab", b"cd", b"ef"]))
+        .await
+        .expect("infallible");
+    assert_eq!(done.status(), StatusCode::NO_CONTENT);
+    let too_large = svc
+        .clone()
+        .oneshot(request(&[b"1234", b"5678", b"9"]))
+        .await
+        .expect("infallible");
+    assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        get(&svc, "/s").await.text(),
+        "abcdef",
+        "nothing of the refused body"
+    );
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{
     HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, HOST, IF_NONE_MATCH,
     LOCATION, X_CONTENT_TYPE_OPTIONS,
@@ -715,22 +715,43 @@ where
     if declared.is_some_and(|n| n > inner.max_append_bytes as u64) {
         return Err(too_large());
     }
-    let collected = Limited::new(body, inner.max_append_bytes)
-        .collect()
-        .await
-        .map_err(|e| {
-            // The limit may be ours or a host layer's (tower-http's
-            // RequestBodyLimitLayer): look for it anywhere in the chain.
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-            while let Some(error) = cause {
-                if error.is::<http_body_util::LengthLimitError>() {
-                    return too_large();
-                }
-                cause = error.source();
+    let failed = |e: BoxError| {
+        // The limit may be ours or a host layer's (tower-http's
+        // RequestBodyLimitLayer): look for it anywhere in the chain.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+        while let Some(error) = cause {
+            if error.is::<http_body_util::LengthLimitError>() {
+                return too_large();
             }
-            Problem::bad_request(format!("could not read the request body: {e}"))
-        })?;
-    Ok(collected.to_bytes())
+            cause = error.source();
+        }
+        Problem::bad_request(format!("could not read the request body: {e}"))
+    };
+    // Most bodies arrive as one data frame: hand that out as is, and only
+    // concatenate when there are more.
+    let mut body = std::pin::pin!(Limited::new(body, inner.max_append_bytes));
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(failed)?.into_data() else {
+            continue; // trailers carry nothing to append
+        };
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut joined = BytesMut::with_capacity(head.len() + data.len());
+                joined.extend_from_slice(head);
+                joined.extend_from_slice(&data);
+                rest = Some(joined);
+            }
+            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(joined)) => joined.freeze(),
+        (Some(only), None) => only,
+        (None, None) => Bytes::new(),
+    })
 }
 
 fn content_type(headers: &HeaderMap) -> Result<Option<String>, Problem> {
