@@ -42,7 +42,6 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -502,7 +501,9 @@ async fn serve(config: Config) {
     let streams = tower::ServiceBuilder::new()
         .layer(cors)
         .service(plain.clone());
-    let app = tower::service_fn(move |request: Request<hyper::body::Incoming>| {
+    // Called by reference for each request (hyper's service_fn): only the
+    // service a request goes to is cloned.
+    let route = Arc::new(move |request: Request<hyper::body::Incoming>| {
         let path = request.uri().path();
         let target = if path == BASE_PATH || path.starts_with(concat!("/v1/stream", "/")) {
             let browser = request.headers().contains_key(http::header::ORIGIN)
@@ -554,7 +555,10 @@ async fn serve(config: Config) {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
+                let service = {
+                    let route = route.clone();
+                    hyper::service::service_fn(move |request| route(request))
+                };
                 match &tls {
                     None => {
                         let connection = server.serve_connection_with_upgrades(TokioIo::new(stream), service);
