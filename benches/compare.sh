@@ -83,7 +83,9 @@ elif w == "catchup":
     print(f"| {server} | {workload} | {r['mb_per_sec']:.0f} MB/s | {r['read_p50_ms']:.1f} ms | {r['read_p99_ms']:.1f} ms | errors {r['errors']} |")
 elif w == "fanout":
     ok = "all delivered once, in order" if r["every_message_delivered_once_in_order"] else f"LOST {r['lost']}, reordered {r['out_of_order']}, failed {r['failed_subscribers']}"
-    print(f"| {server} | {workload} | {r['deliveries']} deliveries | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {ok} |")
+    idle = r.get('rss_bytes_per_idle_subscriber')
+    idle = f"; {idle/1024:.1f} KiB RSS per idle subscriber" if idle is not None else ""
+    print(f"| {server} | {workload} | {r['deliveries']} deliveries | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {ok}{idle} |")
 elif w == "streams":
     rss = r.get('server_rss_bytes'); fds = r.get('server_fds'); per = r.get('rss_bytes_per_stream')
     print(f"| {server} | {workload} | {r['creates_per_sec']:.0f} creates/s | | | errors {r['errors']}; RSS {rss/1048576 if rss else 0:.0f} MiB ({per or 0:.0f} B/stream), {fds} fds |")
@@ -102,8 +104,8 @@ for server in $servers; do
       append64) out=$(load append --connections 64 --streams 64 --bytes 1024 --seconds "$secs") ;;
       catchup64k) out=$(load catchup --megabytes 64 --append-bytes 65536 --readers 4 --seconds "$secs") ;;
       catchup1k) out=$(load catchup --megabytes 64 --append-bytes 1024 --readers 4 --seconds "$secs") ;;
-      fanout-sse) out=$(load fanout --subscribers 1000 --rate 20 --seconds "$secs" --mode sse) ;;
-      fanout-long-poll) out=$(load fanout --subscribers 1000 --rate 20 --seconds "$secs" --mode long-poll) ;;
+      fanout-sse) out=$(load fanout --subscribers 1000 --rate 20 --seconds "$secs" --mode sse --server-pid "$pid") ;;
+      fanout-long-poll) out=$(load fanout --subscribers 1000 --rate 20 --seconds "$secs" --mode long-poll --server-pid "$pid") ;;
       streams) out=$(load streams --count 100000 --connections 16 --server-pid "$pid") ;;
     esac
     stop

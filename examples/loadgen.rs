@@ -85,6 +85,9 @@ struct FanoutArgs {
     /// `sse` or `long-poll`.
     #[arg(long, default_value = "sse")]
     mode: String,
+    /// The server's process id, to report its RSS per idle subscriber.
+    #[arg(long)]
+    server_pid: Option<u32>,
     #[arg(long)]
     json: bool,
 }
@@ -611,6 +614,7 @@ async fn fanout(args: FanoutArgs) -> Result<bool, String> {
         return Err(format!("creating {path} answered {status}"));
     }
     let stop = tokio_util_like::Stop::default();
+    let before = args.server_pid.and_then(process_figures);
     let mut subscribers = Vec::new();
     for _ in 0..args.subscribers {
         let received = std::sync::Arc::new(std::sync::Mutex::new(Received::default()));
@@ -631,6 +635,14 @@ async fn fanout(args: FanoutArgs) -> Result<bool, String> {
     }
     // Let every subscriber connect before the first message.
     tokio::time::sleep(Duration::from_millis(500 + u64::from(args.subscribers))).await;
+    // Connected and waiting: what each idle subscriber costs the server.
+    let idle = args.server_pid.and_then(process_figures);
+    let per_subscriber = match (before, idle) {
+        (Some((rss0, _)), Some((rss1, _))) => {
+            Some(rss1.saturating_sub(rss0) as f64 / f64::from(args.subscribers))
+        }
+        _ => None,
+    };
     let total = u64::from(args.rate) * args.seconds;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate)));
     let mut write_errors = 0;
@@ -679,9 +691,11 @@ async fn fanout(args: FanoutArgs) -> Result<bool, String> {
         serde_json::json!({"workload": "fanout", "mode": args.mode, "subscribers": args.subscribers, "rate": args.rate,
             "messages": total, "deliveries": latencies.len(), "p50_ms": p50.as_secs_f64() * 1e3, "p99_ms": p99.as_secs_f64() * 1e3,
             "p999_ms": p999.as_secs_f64() * 1e3, "lost": lost, "out_of_order": out_of_order, "failed_subscribers": failed,
-            "write_errors": write_errors, "every_message_delivered_once_in_order": ok}),
-        format!("fanout ({}): {} subscribers, {} msg/s, {total} messages: {} deliveries; delivery p50 {p50:?} p99 {p99:?} p999 {p999:?}; lost {lost}, out of order {out_of_order}, failed subscribers {failed}, write errors {write_errors}",
-            args.mode, args.subscribers, args.rate, latencies.len()),
+            "write_errors": write_errors, "every_message_delivered_once_in_order": ok,
+            "server_rss_bytes_idle": idle.map(|i| i.0), "rss_bytes_per_idle_subscriber": per_subscriber}),
+        format!("fanout ({}): {} subscribers, {} msg/s, {total} messages: {} deliveries; delivery p50 {p50:?} p99 {p99:?} p999 {p999:?}; lost {lost}, out of order {out_of_order}, failed subscribers {failed}, write errors {write_errors}; server RSS per idle subscriber {}",
+            args.mode, args.subscribers, args.rate, latencies.len(),
+            per_subscriber.map_or("?".into(), |b| format!("{b:.0} B"))),
     );
     if !ok {
         eprintln!("WARNING: messages were lost, reordered or not written; these figures are not comparable");
