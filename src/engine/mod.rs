@@ -1110,7 +1110,8 @@ impl Engine {
         let mut budget = max_bytes;
         while out.end < to && budget > 0 {
             // Find the stream that holds position `out.end`.
-            let (mut seg_key, mut seg_config, mut seg_to) = (key.to_owned(), config.clone(), to);
+            let (mut seg_key, mut seg_config, mut seg_to) =
+                (std::borrow::Cow::Borrowed(key), config.clone(), to);
             while let Some(fork) = seg_config.fork.clone() {
                 if out.end >= fork.position {
                     break;
@@ -1121,7 +1122,7 @@ impl Engine {
                     .existing(&fork.source)
                     .and_then(|h| h.view.borrow().config.clone())
                     .ok_or(EngineError::NotFound)?;
-                seg_key = fork.source;
+                seg_key = std::borrow::Cow::Owned(fork.source);
                 seg_config = source;
             }
             let chunk = self
@@ -1138,7 +1139,11 @@ impl Engine {
             }
             budget = budget.saturating_sub((chunk.end - out.end) as usize);
             out.end = chunk.end;
-            out.data.extend(chunk.data);
+            if out.data.is_empty() {
+                out.data = chunk.data;
+            } else {
+                out.data.extend(chunk.data);
+            }
             if out.end < seg_to {
                 // The backend stopped early: the budget is spent.
                 break;

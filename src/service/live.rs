@@ -241,6 +241,9 @@ async fn next_event(state: &mut SseState) -> Result<Option<Bytes>, EngineError> 
             return Ok(Some(control(state, state.position, true, false)));
         }
         tokio::select! {
+            // An append is the usual wake-up: look at it first and leave the
+            // timer and the shutdown watch alone.
+            biased;
             changed = state.rx.changed() => {
                 if changed.is_err() {
                     return Ok(None);
