@@ -39,6 +39,8 @@ use axum::Router;
 use clap::{Parser, Subcommand};
 use config::{Config, Mode};
 use http::{HeaderValue, Method, Request, StatusCode};
+// The streams' own body type, unboxed, or the router's.
+use http_body_util::Either;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -523,15 +525,15 @@ async fn serve(config: Config) {
             let response = match target {
                 Target::Cors(streams) => {
                     let Ok(response) = streams.oneshot(request).await;
-                    response.map(axum::body::Body::new)
+                    response.map(Either::Left)
                 }
                 Target::Plain(streams) => {
                     let Ok(response) = streams.oneshot(request).await;
-                    response.map(axum::body::Body::new)
+                    response.map(Either::Left)
                 }
                 Target::Other(app) => {
                     let Ok(response) = app.oneshot(request.map(axum::body::Body::new)).await;
-                    response
+                    response.map(Either::Right)
                 }
             };
             Ok::<_, Infallible>(response)
