@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::{
     Append, AppendFuture, CreateOutcome, Cut, ReadChunk, Storage, StorageError, StorageFuture,
@@ -46,8 +46,10 @@ struct MemStream {
     record: StreamRecord,
     /// Start position of each append, ascending.
     starts: Vec<u64>,
-    /// The bytes of each append.
+    /// The bytes of each append: slices of `block`s, never of request buffers.
     chunks: Vec<Bytes>,
+    /// Where the copies of appends go.
+    blocks: Blocks,
     /// Total bytes held.
     bytes: usize,
 }
@@ -119,11 +121,40 @@ impl MemoryStorage {
             stream.starts.push(stream.record.tail);
             stream.bytes += len;
             // A request body may be a slice of a much larger connection buffer:
-            // keep an exact-size copy so memory held matches data stored.
-            stream.chunks.push(Bytes::copy_from_slice(&append.data));
+            // keep a copy so memory held matches data stored.
+            let copy = stream.blocks.copy(&append.data);
+            stream.chunks.push(copy);
         }
         super::apply_append(&mut stream.record, &append, len as u64);
         Ok(())
+    }
+}
+
+/// The smallest and the largest block a stream's appends are copied into.
+const MIN_BLOCK: usize = 1024;
+const MAX_BLOCK: usize = 256 * 1024;
+
+/// Room for a stream's next appends: copying many small appends into one block
+/// costs one allocation per block instead of one per append.
+#[derive(Debug, Default)]
+struct Blocks {
+    /// The unused end of the current block.
+    block: BytesMut,
+    /// The size of the current block.
+    size: usize,
+}
+
+impl Blocks {
+    /// A copy of `data` in the current block. Blocks double from `MIN_BLOCK`
+    /// up to `MAX_BLOCK`, so a small stream holds little spare room and a busy
+    /// one allocates rarely; an append larger than a block gets one of its own.
+    fn copy(&mut self, data: &[u8]) -> Bytes {
+        if self.block.capacity() < data.len() {
+            self.size = (self.size * 2).clamp(MIN_BLOCK, MAX_BLOCK);
+            self.block = BytesMut::with_capacity(self.size.max(data.len()));
+        }
+        self.block.extend_from_slice(data);
+        self.block.split().freeze()
     }
 }
 
@@ -198,6 +229,7 @@ impl Storage for MemoryStorage {
             let mut stream = MemStream {
                 starts: Vec::new(),
                 chunks: Vec::new(),
+                blocks: Blocks::default(),
                 bytes: initial.len(),
                 record: StreamRecord {
                     tail: record.tail,
@@ -208,7 +240,8 @@ impl Storage for MemoryStorage {
                 stream.starts.push(record.tail);
                 record.tail += initial.len() as u64;
                 stream.record.tail = record.tail;
-                stream.chunks.push(Bytes::copy_from_slice(&initial));
+                let copy = stream.blocks.copy(&initial);
+                stream.chunks.push(copy);
             }
             streams.insert(key.to_owned(), Arc::new(RwLock::new(stream)));
             CreateOutcome::Created
@@ -265,4 +298,23 @@ mod tests {
     use super::*;
 
     crate::storage_testkit!(MemoryStorage::new());
+
+    #[test]
+    fn appends_share_growing_blocks_and_keep_their_bytes() {
+        let mut blocks = Blocks::default();
+        let pieces: Vec<Bytes> = (0..30_000u32)
+            .map(|i| blocks.copy(format!("append {i};").as_bytes()))
+            .collect();
+        for (i, piece) in pieces.iter().enumerate() {
+            assert_eq!(&piece[..], format!("append {i};").as_bytes());
+        }
+        assert_eq!(blocks.size, MAX_BLOCK, "blocks doubled up to the cap");
+        let big = vec![7u8; 3 * MAX_BLOCK];
+        assert_eq!(
+            &blocks.copy(&big)[..],
+            &big[..],
+            "a large append fits whole"
+        );
+        assert_eq!(&pieces[0][..], b"append 0;", "earlier pieces are untouched");
+    }
 }
