@@ -730,28 +730,32 @@ where
     // Most bodies arrive as one data frame: hand that out as is, and only
     // concatenate when there are more.
     let mut body = std::pin::pin!(Limited::new(body, inner.max_append_bytes));
-    let mut first: Option<Bytes> = None;
-    let mut rest: Option<BytesMut> = None;
+    let Some(first) = next_data(body.as_mut()).await.map_err(failed)? else {
+        return Ok(Bytes::new());
+    };
+    let Some(second) = next_data(body.as_mut()).await.map_err(failed)? else {
+        return Ok(first);
+    };
+    let mut joined = BytesMut::with_capacity(first.len() + second.len());
+    joined.extend_from_slice(&first);
+    joined.extend_from_slice(&second);
+    while let Some(more) = next_data(body.as_mut()).await.map_err(failed)? {
+        joined.extend_from_slice(&more);
+    }
+    Ok(joined.freeze())
+}
+
+/// The next data frame of a body; trailers carry nothing to append.
+async fn next_data<B>(mut body: std::pin::Pin<&mut B>) -> Result<Option<Bytes>, B::Error>
+where
+    B: http_body::Body<Data = Bytes>,
+{
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(failed)?.into_data() else {
-            continue; // trailers carry nothing to append
-        };
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(data),
-            (Some(head), None) => {
-                let mut joined = BytesMut::with_capacity(head.len() + data.len());
-                joined.extend_from_slice(head);
-                joined.extend_from_slice(&data);
-                rest = Some(joined);
-            }
-            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        if let Ok(data) = frame?.into_data() {
+            return Ok(Some(data));
         }
     }
-    Ok(match (first, rest) {
-        (_, Some(joined)) => joined.freeze(),
-        (Some(only), None) => only,
-        (None, None) => Bytes::new(),
-    })
+    Ok(None)
 }
 
 fn content_type(headers: &HeaderMap) -> Result<Option<String>, Problem> {
