@@ -188,14 +188,14 @@ impl Connection {
         })
     }
 
-    /// Sends a request and collects the whole response.
-    async fn exchange(
+    /// Sends a request; the response body is left to the caller (SSE streams it).
+    async fn request(
         &mut self,
         method: Method,
         path: &str,
         content_type: Option<&str>,
         body: Bytes,
-    ) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -205,16 +205,27 @@ impl Connection {
         }
         let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
         self.sender.ready().await.map_err(|e| e.to_string())?;
-        let response = self
-            .sender
+        self.sender
             .send_request(request)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends a request and collects the whole response.
+    async fn exchange(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
+        let response = self.request(method, path, content_type, body).await?;
         let (parts, body) = response.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok((parts.status, parts.headers, body))
     }
 
+    /// Sends a request and reads the response through; its status.
     async fn send(
         &mut self,
         method: Method,
@@ -222,25 +233,9 @@ impl Connection {
         content_type: &str,
         body: Bytes,
     ) -> Result<StatusCode, String> {
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.host)
-            .header("content-type", content_type)
-            .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
-        self.sender.ready().await.map_err(|e| e.to_string())?;
-        let response = self
-            .sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
+        let (status, _, _) = self
+            .exchange(method, path, Some(content_type), body)
+            .await?;
         Ok(status)
     }
 }
@@ -507,16 +502,14 @@ async fn subscribe(
     };
     while !stop.is_set() {
         if mode == "sse" {
-            let request = Request::get(format!("{path}?offset={offset}&live=sse"))
-                .header("host", &connection.host)
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| e.to_string())?;
-            connection.sender.ready().await.map_err(|e| e.to_string())?;
             let response = connection
-                .sender
-                .send_request(request)
-                .await
-                .map_err(|e| e.to_string())?;
+                .request(
+                    Method::GET,
+                    &format!("{path}?offset={offset}&live=sse"),
+                    None,
+                    Bytes::new(),
+                )
+                .await?;
             if stop.is_set() {
                 break;
             }
