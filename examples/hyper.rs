@@ -34,7 +34,10 @@ async fn main() -> Result<(), BoxError> {
             let streams = streams.clone();
             async move {
                 let path = request.uri().path();
-                if path == BASE || path.starts_with(&format!("{BASE}/")) {
+                if path
+                    .strip_prefix(BASE)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                {
                     let response = streams.oneshot(request).await?;
                     Ok::<_, Infallible>(response.map(|b| b.boxed()))
                 } else {

@@ -41,14 +41,16 @@ async fn main() -> Result<(), BoxError> {
             let (streams, app) = (streams.clone(), app);
             async move {
                 let path = request.uri().path();
-                let response: http::Response<Body> =
-                    if path == BASE || path.starts_with(&format!("{BASE}/")) {
-                        streams.oneshot(request).await?.map(|b| b.boxed())
-                    } else {
-                        app.oneshot(request)
-                            .await?
-                            .map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
-                    };
+                let response: http::Response<Body> = if path
+                    .strip_prefix(BASE)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                {
+                    streams.oneshot(request).await?.map(|b| b.boxed())
+                } else {
+                    app.oneshot(request)
+                        .await?
+                        .map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
+                };
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
