@@ -120,6 +120,8 @@ struct SseState {
     position: u64,
     rx: watch::Receiver<View>,
     encoding: SseEncoding,
+    /// A JSON stream (its reads are framed as arrays).
+    json: bool,
     cursor: String,
     /// Ends the response for a reconnect; made once, not per wait.
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
@@ -155,6 +157,7 @@ pub(crate) async fn sse(
         key,
         rx,
         encoding,
+        json: crate::protocol::is_json(&first.config.content_type),
         sent_control: false,
         done: false,
         _permit: permit,
@@ -196,7 +199,7 @@ async fn next_event(state: &mut SseState) -> Result<Option<Bytes>, EngineError> 
                 .engine
                 .read_at(&state.key, &state.config, state.position, &view)
                 .await?;
-            let json = crate::protocol::is_json(&state.config.content_type);
+            let json = state.json;
             let (mut data, mut end) = (read.data, read.end);
             let final_bytes = view.closed && end >= view.tail;
             if state.encoding == SseEncoding::Text && !json && !final_bytes {
