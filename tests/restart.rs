@@ -226,15 +226,7 @@ async fn an_unreferenced_deleted_source_is_cleaned_up_on_load() {
     use tower_durable_streams::storage::{Expiry, StreamConfig, StreamRecord};
     // What a crash between deleting a last fork and its source leaves behind.
     let storage = tower_durable_streams::MemoryStorage::new();
-    let mut record = StreamRecord::new(
-        StreamConfig {
-            id: 1,
-            content_type: "text/plain".into(),
-            expiry: Expiry::Never,
-            fork: None,
-        },
-        0,
-    );
+    let mut record = StreamRecord::new(StreamConfig::new(1, "text/plain", Expiry::Never), 0);
     record.soft_deleted = true;
     storage
         .create("/orphan", record, bytes::Bytes::from_static(b"x"))

@@ -914,7 +914,7 @@ impl Engine {
         let closed = append.close.is_some();
         let stream_id = append.stream_id;
         if let Some(r) = writer.get_mut().record.as_mut() {
-            crate::storage::apply_append(r, &append, append.data.len() as u64);
+            r.apply(&append);
         }
         // Ordered now, durable later: the lock is released before the wait so a
         // backend with group commit can batch this stream's next appends.

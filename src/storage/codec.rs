@@ -291,21 +291,6 @@ pub(crate) fn get_append_state(r: &mut Reader<'_>, stream_id: u64) -> Result<App
     })
 }
 
-/// Applies a decoded append's state to a record (the data length is given).
-pub(crate) fn apply_append(record: &mut StreamRecord, append: &Append, data_len: u64) {
-    record.tail += data_len;
-    if let Some(seq) = &append.stream_seq {
-        record.stream_seq = Some(seq.clone());
-    }
-    if let Some((id, state)) = &append.producer {
-        record.producers.insert(id.clone(), *state);
-    }
-    if let Some(by) = &append.close {
-        record.closed = true;
-        record.closed_by = by.clone();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

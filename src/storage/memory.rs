@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock};
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    Append, AppendFuture, CreateOutcome, Cut, ReadChunk, Storage, StorageError, StorageFuture,
-    StreamRecord,
+    Append, AppendFuture, CreateOutcome, Cut, RangePlan, ReadChunk, Storage, StorageError,
+    StorageFuture, StreamRecord, Take,
 };
 
 /// Keeps every stream in memory as the `Bytes` of its appends; reads hand out
@@ -125,7 +125,7 @@ impl MemoryStorage {
             let copy = stream.blocks.copy(&append.data);
             stream.chunks.push(copy);
         }
-        super::apply_append(&mut stream.record, &append, len as u64);
+        stream.record.apply(&append);
         Ok(())
     }
 }
@@ -160,35 +160,21 @@ impl Blocks {
 
 impl MemStream {
     fn read(&self, from: u64, to: u64, max_bytes: usize, cut: Cut) -> ReadChunk {
-        let mut chunk = ReadChunk {
-            data: Vec::new(),
-            end: from,
-        };
+        let mut plan = RangePlan::new(from, to, max_bytes, cut);
+        let mut data = Vec::new();
         let first = self.starts.partition_point(|&start| start <= from);
-        let Some(mut index) = first.checked_sub(1) else {
-            return chunk;
-        };
-        let mut budget = max_bytes.max(1);
-        while index < self.chunks.len() && chunk.end < to {
-            let start = self.starts[index];
-            let bytes = &self.chunks[index];
-            let record_end = start + bytes.len() as u64;
-            let lo = (chunk.end - start) as usize;
-            let mut hi = (record_end.min(to) - start) as usize;
-            if cut == Cut::AnyByte {
-                hi = hi.min(lo.saturating_add(budget));
-            } else if !chunk.data.is_empty() && hi - lo > budget {
+        let first = first.saturating_sub(1);
+        for (&start, bytes) in self.starts[first..].iter().zip(&self.chunks[first..]) {
+            match plan.take(start, bytes.len() as u64) {
+                Take::Bytes(range) => data.push(bytes.slice(range)),
+                Take::Skip => continue,
+                _ => break,
+            }
+            if plan.done() {
                 break;
             }
-            chunk.data.push(bytes.slice(lo..hi));
-            chunk.end = start + hi as u64;
-            budget = budget.saturating_sub(hi - lo);
-            if budget == 0 {
-                break;
-            }
-            index += 1;
         }
-        chunk
+        ReadChunk::new(data, plan.end())
     }
 }
 

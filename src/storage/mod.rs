@@ -17,6 +17,7 @@ pub mod backup;
 mod codec;
 mod file;
 mod memory;
+mod plan;
 mod queue;
 #[cfg(feature = "redb")]
 mod redb;
@@ -24,9 +25,9 @@ mod redb;
 pub use self::redb::RedbStorage;
 pub mod testkit;
 
-pub(crate) use codec::apply_append;
 pub use file::{Durability, FileStats, FileStorage};
 pub use memory::MemoryStorage;
+pub use plan::{RangePlan, Take};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -38,6 +39,7 @@ use time::OffsetDateTime;
 
 /// How a stream expires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Expiry {
     /// Never.
     #[default]
@@ -50,6 +52,7 @@ pub enum Expiry {
 
 /// Where a fork diverges from its source.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ForkOrigin {
     /// The source stream's key.
     pub source: String,
@@ -61,8 +64,22 @@ pub struct ForkOrigin {
     pub position: u64,
 }
 
+impl ForkOrigin {
+    /// A fork of `source` created at `anchor` plus `sub_offset`, diverging at
+    /// byte `position`.
+    pub fn new(source: impl Into<String>, anchor: u64, sub_offset: u64, position: u64) -> Self {
+        ForkOrigin {
+            source: source.into(),
+            anchor,
+            sub_offset,
+            position,
+        }
+    }
+}
+
 /// What never changes for one incarnation of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StreamConfig {
     /// Identifies this incarnation (a stream re-created at the same path gets a new one).
     pub id: u64,
@@ -74,8 +91,35 @@ pub struct StreamConfig {
     pub fork: Option<ForkOrigin>,
 }
 
+impl StreamConfig {
+    /// The configuration of incarnation `id`: not a fork.
+    ///
+    /// ```
+    /// use tower_durable_streams::storage::{Expiry, ForkOrigin, StreamConfig};
+    ///
+    /// let config = StreamConfig::new(7, "text/plain", Expiry::Ttl(60))
+    ///     .with_fork(ForkOrigin::new("/source", 10, 0, 10));
+    /// assert_eq!(config.fork.map(|f| f.position), Some(10));
+    /// ```
+    pub fn new(id: u64, content_type: impl Into<String>, expiry: Expiry) -> Self {
+        StreamConfig {
+            id,
+            content_type: content_type.into(),
+            expiry,
+            fork: None,
+        }
+    }
+
+    /// The same configuration for a fork with this origin.
+    pub fn with_fork(mut self, origin: ForkOrigin) -> Self {
+        self.fork = Some(origin);
+        self
+    }
+}
+
 /// An idempotent producer's state on one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProducerState {
     /// The current epoch.
     pub epoch: u64,
@@ -83,8 +127,16 @@ pub struct ProducerState {
     pub last_seq: u64,
 }
 
+impl ProducerState {
+    /// A producer at `epoch` whose last accepted sequence number is `last_seq`.
+    pub fn new(epoch: u64, last_seq: u64) -> Self {
+        ProducerState { epoch, last_seq }
+    }
+}
+
 /// The `(producer, epoch, seq)` that closed a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProducerTuple {
     /// `Producer-Id`.
     pub id: String,
@@ -94,8 +146,25 @@ pub struct ProducerTuple {
     pub seq: u64,
 }
 
+impl ProducerTuple {
+    /// The request of producer `id` at `epoch` with sequence number `seq`.
+    pub fn new(id: impl Into<String>, epoch: u64, seq: u64) -> Self {
+        ProducerTuple {
+            id: id.into(),
+            epoch,
+            seq,
+        }
+    }
+}
+
 /// Everything a backend persists about one stream besides its bytes.
+///
+/// Backends store it as they like (the fields are public to read and to set)
+/// and give it back from [`Storage::load`] and [`Storage::get`]; the engine
+/// makes every decision in it. New fields may be added in minor releases, with
+/// [`StreamRecord::new`] giving them their neutral value.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StreamRecord {
     /// Immutable configuration.
     pub config: StreamConfig,
@@ -115,6 +184,14 @@ pub struct StreamRecord {
 
 impl StreamRecord {
     /// A fresh, open, empty stream whose bytes start at `start` (non-zero for forks).
+    ///
+    /// ```
+    /// use tower_durable_streams::storage::{Expiry, StreamConfig, StreamRecord};
+    ///
+    /// let mut record = StreamRecord::new(StreamConfig::new(1, "text/plain", Expiry::Never), 0);
+    /// record.closed = true;
+    /// assert_eq!((record.tail, record.own_start()), (0, 0));
+    /// ```
     pub fn new(config: StreamConfig, start: u64) -> Self {
         Self {
             config,
@@ -131,10 +208,28 @@ impl StreamRecord {
     pub fn own_start(&self) -> u64 {
         self.config.fork.as_ref().map_or(0, |f| f.position)
     }
+
+    /// Applies what `append` changes (tail, `Stream-Seq`, producer state,
+    /// closure), exactly as the engine does: backends that keep their own copy
+    /// of the record call this after storing the append.
+    pub fn apply(&mut self, append: &Append) {
+        self.tail += append.data.len() as u64;
+        if let Some(seq) = &append.stream_seq {
+            self.stream_seq = Some(seq.clone());
+        }
+        if let Some((id, state)) = &append.producer {
+            self.producers.insert(id.clone(), *state);
+        }
+        if let Some(by) = &append.close {
+            self.closed = true;
+            self.closed_by = by.clone();
+        }
+    }
 }
 
 /// One append, as the engine decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Append {
     /// The incarnation this append targets.
     pub stream_id: u64,
@@ -150,8 +245,51 @@ pub struct Append {
     pub close: Option<Option<ProducerTuple>>,
 }
 
+impl Append {
+    /// `data` appended to incarnation `stream_id`, expected at `expected_tail`.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use tower_durable_streams::storage::{Append, ProducerState};
+    ///
+    /// let append = Append::new(7, 0, Bytes::from_static(b"hello"))
+    ///     .with_producer("writer-1", ProducerState::new(0, 0))
+    ///     .closing(None);
+    /// assert!(append.close.is_some());
+    /// ```
+    pub fn new(stream_id: u64, expected_tail: u64, data: Bytes) -> Self {
+        Append {
+            stream_id,
+            expected_tail,
+            data,
+            stream_seq: None,
+            producer: None,
+            close: None,
+        }
+    }
+
+    /// Records `Stream-Seq` with the append.
+    pub fn with_stream_seq(mut self, seq: impl Into<String>) -> Self {
+        self.stream_seq = Some(seq.into());
+        self
+    }
+
+    /// Records a producer's new state with the append.
+    pub fn with_producer(mut self, id: impl Into<String>, state: ProducerState) -> Self {
+        self.producer = Some((id.into(), state));
+        self
+    }
+
+    /// Closes the stream with the append, naming the producer request that did.
+    pub fn closing(mut self, by: Option<ProducerTuple>) -> Self {
+        self.close = Some(by);
+        self
+    }
+}
+
 /// Bytes of a range, as the backend holds them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReadChunk {
     /// The bytes, in order, without copying where the backend can avoid it.
     pub data: Vec<Bytes>,
@@ -159,8 +297,24 @@ pub struct ReadChunk {
     pub end: u64,
 }
 
+impl ReadChunk {
+    /// These bytes, ending at position `end`.
+    pub fn new(data: Vec<Bytes>, end: u64) -> Self {
+        ReadChunk { data, end }
+    }
+
+    /// Nothing, at position `at`.
+    pub fn empty(at: u64) -> Self {
+        ReadChunk {
+            data: Vec::new(),
+            end: at,
+        }
+    }
+}
+
 /// How a read may cut the range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Cut {
     /// Anywhere (binary and text streams).
     AnyByte,
@@ -170,6 +324,7 @@ pub enum Cut {
 
 /// Creating a stream found one already there.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CreateOutcome {
     /// The stream was created.
     Created,
@@ -212,8 +367,29 @@ pub type StorageFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StorageErr
 
 /// Where streams live. Held by the engine as `Arc<dyn Storage>`.
 ///
+/// A backend keeps what the engine decided and reports what it holds; it makes
+/// no protocol decision of its own. What every backend promises (and
+/// [`testkit`] checks):
+///
+/// - **Atomic appends.** One [`Append`] (bytes, producer state, `Stream-Seq`,
+///   closure) is stored whole or not at all, so a crash never keeps data while
+///   losing the dedup state that guards it.
+/// - **Conditional appends.** An append whose `expected_tail` differs from the
+///   stored tail, or that targets a closed stream, is refused with
+///   [`StorageError::Conflict`] and changes nothing; one for another
+///   incarnation (`stream_id`) or a missing stream gets
+///   [`StorageError::NotFound`].
+/// - **Pipelined appends.** [`append`](Storage::append) fixes the order of the
+///   append when it returns; the future it returns resolves once the append is
+///   durable. The engine calls it several times for one stream before awaiting
+///   the first future, so each append must be checked against the state the
+///   previous ones leave.
+/// - **Visibility follows durability.** Once an append's future resolves, reads
+///   and [`get`](Storage::get) see it, also after a restart for durable
+///   backends.
+/// - **Out of room is [`StorageError::Full`]**, with nothing written.
+///
 /// Implementations must keep blocking work off the async worker threads.
-/// [`testkit`] checks a backend's behaviour.
 pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// Every stream the backend holds, for the engine's start-up.
     fn load(&self) -> StorageFuture<'_, Vec<(String, StreamRecord)>>;
@@ -221,8 +397,9 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// The current record of one stream, to refresh the engine's cached state.
     fn get<'a>(&'a self, key: &'a str) -> StorageFuture<'a, Option<StreamRecord>>;
 
-    /// Creates the stream at `key` with `initial` bytes at its start position,
-    /// unless one exists there already.
+    /// Creates the stream at `key` with `initial` bytes at its start position
+    /// (`record.tail`), unless one exists there already: then nothing is
+    /// written and the existing record is returned.
     fn create<'a>(
         &'a self,
         key: &'a str,
@@ -237,7 +414,8 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// Reads the stream's own bytes in `from..to`, up to about `max_bytes`.
     ///
     /// With [`Cut::RecordBoundary`] the result ends at an append boundary (or at
-    /// `to`) and holds at least one record when `from < to`.
+    /// `to`) and holds at least one record when `from < to`. [`RangePlan`]
+    /// implements these rules over a backend's stored pieces.
     fn read<'a>(
         &'a self,
         key: &'a str,
@@ -252,4 +430,49 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 
     /// Removes the stream and frees its space.
     fn delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()>;
+}
+
+/// A shared store is a store: `Arc<MemoryStorage>`, `Arc<dyn Storage>` and the
+/// like can be handed to [`Builder::storage`](crate::Builder::storage) while
+/// the host keeps its own handle.
+impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
+    fn load(&self) -> StorageFuture<'_, Vec<(String, StreamRecord)>> {
+        (**self).load()
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StorageFuture<'a, Option<StreamRecord>> {
+        (**self).get(key)
+    }
+
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        record: StreamRecord,
+        initial: Bytes,
+    ) -> StorageFuture<'a, CreateOutcome> {
+        (**self).create(key, record, initial)
+    }
+
+    fn append(&self, key: &str, append: Append) -> AppendFuture {
+        (**self).append(key, append)
+    }
+
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+        cut: Cut,
+    ) -> StorageFuture<'a, ReadChunk> {
+        (**self).read(key, from, to, max_bytes, cut)
+    }
+
+    fn soft_delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()> {
+        (**self).soft_delete(key)
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()> {
+        (**self).delete(key)
+    }
 }

@@ -24,8 +24,8 @@ use tokio::sync::oneshot;
 use super::codec::{self, Reader, Writer};
 use super::queue::{answer, poisoned, Op};
 use super::{
-    Append, AppendFuture, CreateOutcome, Cut, ReadChunk, Storage, StorageError, StorageFuture,
-    StreamRecord,
+    Append, AppendFuture, CreateOutcome, Cut, RangePlan, ReadChunk, Storage, StorageError,
+    StorageFuture, StreamRecord, Take,
 };
 
 const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
@@ -315,7 +315,7 @@ impl ShardWriter {
                     data.insert((append.stream_id, record.tail), append.data.as_ref())
                         .map_err(backend)?;
                 }
-                codec::apply_append(&mut record, &append, append.data.len() as u64);
+                record.apply(&append);
                 put(streams, &key, &record)?;
                 staged.insert(key, Some(record));
                 done.push(Box::new(move |r| {
@@ -397,14 +397,12 @@ fn read_range(
     max_bytes: usize,
     cut: Cut,
 ) -> Result<ReadChunk, StorageError> {
-    let mut chunk = ReadChunk {
-        data: Vec::new(),
-        end: from,
-    };
+    let mut plan = RangePlan::new(from, to, max_bytes, cut);
+    let mut data = Vec::new();
     let txn = db.begin_read().map_err(backend)?;
     let table = match txn.open_table(DATA) {
         Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(chunk),
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(ReadChunk::empty(from)),
         Err(e) => return Err(backend(e)),
     };
     // The append that holds `from` starts at or before it.
@@ -414,32 +412,21 @@ fn read_range(
         .next_back()
     {
         Some(entry) => entry.map_err(backend)?.0.value().1,
-        None => return Ok(chunk),
+        None => return Ok(ReadChunk::empty(from)),
     };
-    let mut budget = max_bytes.max(1);
     for entry in table.range((id, first)..(id, to)).map_err(backend)? {
         let (key, value) = entry.map_err(backend)?;
-        let start = key.value().1;
         let bytes = value.value();
-        let record_end = start + bytes.len() as u64;
-        if record_end <= chunk.end {
-            continue;
+        match plan.take(key.value().1, bytes.len() as u64) {
+            Take::Bytes(range) => data.push(Bytes::copy_from_slice(&bytes[range])),
+            Take::Skip => continue,
+            _ => break,
         }
-        let lo = (chunk.end - start) as usize;
-        let mut hi = (record_end.min(to) - start) as usize;
-        if cut == Cut::AnyByte {
-            hi = hi.min(lo.saturating_add(budget));
-        } else if !chunk.data.is_empty() && hi - lo > budget {
-            break;
-        }
-        chunk.data.push(Bytes::copy_from_slice(&bytes[lo..hi]));
-        chunk.end = start + hi as u64;
-        budget = budget.saturating_sub(hi - lo);
-        if budget == 0 || chunk.end >= to {
+        if plan.done() {
             break;
         }
     }
-    Ok(chunk)
+    Ok(ReadChunk::new(data, plan.end()))
 }
 
 impl Storage for RedbStorage {
@@ -521,10 +508,7 @@ impl Storage for RedbStorage {
             let (id, tail) = record.ok_or(StorageError::NotFound)?;
             let to = to.min(tail);
             if from >= to {
-                return Ok(ReadChunk {
-                    data: Vec::new(),
-                    end: from,
-                });
+                return Ok(ReadChunk::empty(from));
             }
             tokio::task::spawn_blocking(move || read_range(&db, id, from, to, max_bytes, cut))
                 .await

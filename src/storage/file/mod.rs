@@ -1,0 +1,353 @@
+//! File storage: one shared, checksummed, append-only log with group commit.
+//!
+//! Every mutation (create, append, close, soft delete, delete) is one record in a
+//! log of segment files under `<dir>/log/`. A single writer thread takes every
+//! operation queued since its last flush, writes them with one `write`, and (with
+//! [`Durability::Fsync`]) makes them durable with one `fdatasync` before any of
+//! them is acknowledged: concurrent appends to one stream or to thousands share
+//! one flush. An in-memory index maps each stream's byte positions to places in
+//! the log; reads `pread` bounded ranges from the segments on the blocking pool
+//! through a bounded cache of file descriptors.
+//!
+//! Each record has a 24-byte header (payload length, kind, stream id, payload
+//! CRC-32, header CRC-32). On open the log is replayed and every record checked:
+//! a torn or corrupt tail of the last segment is cut off; a corrupt record in the
+//! middle makes its stream's reads fail loudly; a damaged header anywhere else
+//! stops the open with an error, since what follows cannot be trusted.
+//!
+//! A segment is deleted once every stream with records in it is deleted (and no
+//! older segment still needs its delete records), which is how deleting streams
+//! frees disk space.
+
+mod format;
+mod index;
+mod reads;
+mod replay;
+mod writer;
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::queue::{answer, poisoned, Op};
+use super::{
+    Append, AppendFuture, CreateOutcome, Cut, ReadChunk, Storage, StorageError, StorageFuture,
+    StreamRecord,
+};
+use format::{segment_path, sync_dir, HEADER_LEN};
+use index::Index;
+use writer::LogWriter;
+
+/// Most segment files kept open for reads.
+const MAX_OPEN_SEGMENTS: usize = 64;
+
+/// When an append counts as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged once the bytes reach the operating system: survives a killed
+    /// process, not a power loss (`file-fast`).
+    Buffered,
+    /// Acknowledged only after `fdatasync`: survives a power loss (`file-durable`).
+    Fsync,
+}
+
+/// Counters of the writer, to see group commit at work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileStats {
+    /// Operations written (creates, appends, deletes).
+    pub operations: u64,
+    /// Flushes (one `write` each, and one `fdatasync` each with [`Durability::Fsync`]).
+    pub flushes: u64,
+    /// `fdatasync` calls.
+    pub fsyncs: u64,
+    /// Bytes written to the log.
+    pub bytes: u64,
+    /// Flushes by operations per flush: entry `i` counts flushes of up to `2^i`
+    /// operations (more than `2^(i-1)`); the last entry counts all larger ones.
+    pub batch_sizes: [u64; 13],
+}
+
+/// Streams in files under one directory, with group commit and crash recovery.
+///
+/// ```no_run
+/// use tower_durable_streams::storage::{Durability, FileStorage};
+/// use tower_durable_streams::DurableStreamsService;
+///
+/// let storage = FileStorage::open("./data/streams", Durability::Fsync)?;
+/// let service = DurableStreamsService::builder().storage(storage).build()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct FileStorage {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    index: RwLock<Index>,
+    queue: Mutex<Option<mpsc::Sender<Op>>>,
+    open_segments: Mutex<HashMap<u32, Arc<File>>>,
+    poisoned: AtomicBool,
+    stats: Stats,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    _lock: File,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    operations: AtomicU64,
+    flushes: AtomicU64,
+    fsyncs: AtomicU64,
+    bytes: AtomicU64,
+    batch_sizes: [AtomicU64; 13],
+}
+
+impl FileStorage {
+    /// Opens (or creates) the store in `dir`, replaying and checking its log.
+    ///
+    /// Fails if another process has the directory open, or if the log is damaged
+    /// anywhere but at its very end.
+    pub fn open(dir: impl AsRef<Path>, durability: Durability) -> Result<Self, StorageError> {
+        Self::open_with(dir, durability, 64 * 1024 * 1024)
+    }
+
+    /// Like [`open`](Self::open), with segment files of about `segment_bytes` each.
+    pub fn open_with(
+        dir: impl AsRef<Path>,
+        durability: Durability,
+        segment_bytes: u64,
+    ) -> Result<Self, StorageError> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(dir.join("log"))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))?;
+        lock.try_lock().map_err(|_| {
+            StorageError::Io(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is in use by another process", dir.display()),
+            ))
+        })?;
+        let (index, last) = replay::replay(&dir)?;
+        let (current, size) = match last {
+            Some((number, size)) => (number, size),
+            None => (1, 0),
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(&dir, current))?;
+        if durability == Durability::Fsync {
+            sync_dir(&dir.join("log"))?;
+            sync_dir(&dir)?;
+        }
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            index: RwLock::new(index),
+            queue: Mutex::new(Some(tx)),
+            open_segments: Mutex::default(),
+            poisoned: AtomicBool::new(false),
+            stats: Stats::default(),
+            thread: Mutex::new(None),
+            _lock: lock,
+        });
+        let writer = LogWriter {
+            shared: Arc::downgrade(&shared),
+            durability,
+            segment_bytes: segment_bytes.max(HEADER_LEN as u64 * 2),
+            current,
+            file,
+            size,
+            buffer: Vec::with_capacity(1 << 20),
+        };
+        let thread = std::thread::Builder::new()
+            .name("ds-file-writer".into())
+            .spawn(move || writer.run(rx))?;
+        *shared.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+        Ok(FileStorage { shared })
+    }
+
+    /// The writer's counters since open.
+    pub fn stats(&self) -> FileStats {
+        let s = &self.shared.stats;
+        FileStats {
+            operations: s.operations.load(Ordering::Relaxed),
+            flushes: s.flushes.load(Ordering::Relaxed),
+            fsyncs: s.fsyncs.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed),
+            batch_sizes: std::array::from_fn(|i| s.batch_sizes[i].load(Ordering::Relaxed)),
+        }
+    }
+
+    /// The directory this store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    fn submit(&self, op: Op) -> Result<(), StorageError> {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Err(poisoned());
+        }
+        let queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue
+            .as_ref()
+            .ok_or_else(poisoned)?
+            .send(op)
+            .map_err(|_| poisoned())
+    }
+
+    fn segment(&self, number: u32) -> io::Result<Arc<File>> {
+        let mut open = self
+            .shared
+            .open_segments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = open.get(&number) {
+            return Ok(file.clone());
+        }
+        if open.len() >= MAX_OPEN_SEGMENTS {
+            open.clear();
+        }
+        let file = Arc::new(File::open(segment_path(&self.shared.dir, number))?);
+        open.insert(number, file.clone());
+        Ok(file)
+    }
+}
+
+impl Drop for Shared {
+    /// Closes the queue and waits for the writer to finish its last flush, so the
+    /// directory can be opened again as soon as the storage is dropped.
+    fn drop(&mut self) {
+        self.queue.get_mut().map(Option::take).ok();
+        if let Some(thread) = self.thread.get_mut().ok().and_then(Option::take) {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Storage for FileStorage {
+    fn load(&self) -> StorageFuture<'_, Vec<(String, StreamRecord)>> {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Box::pin(async { Err(poisoned()) });
+        }
+        let index = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
+        let all = index
+            .streams
+            .iter()
+            .map(|(k, e)| (k.clone(), e.record.clone()))
+            .collect();
+        Box::pin(async move { Ok(all) })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StorageFuture<'a, Option<StreamRecord>> {
+        // After a failed flush the index may hold what never reached the disk.
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Box::pin(async { Err(poisoned()) });
+        }
+        let index = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
+        let record = index.streams.get(key).map(|e| e.record.clone());
+        Box::pin(async move { Ok(record) })
+    }
+
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        record: StreamRecord,
+        initial: Bytes,
+    ) -> StorageFuture<'a, CreateOutcome> {
+        let (reply, rx) = oneshot::channel();
+        let submitted = self.submit(Op::Create {
+            key: key.to_owned(),
+            record,
+            initial,
+            reply,
+        });
+        answer(submitted, rx)
+    }
+
+    fn append(&self, key: &str, append: Append) -> AppendFuture {
+        let (reply, rx) = oneshot::channel();
+        self.shared.stats.operations.fetch_add(1, Ordering::Relaxed);
+        let submitted = self.submit(Op::Append {
+            key: key.to_owned(),
+            append,
+            reply,
+        });
+        answer(submitted, rx)
+    }
+
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+        cut: Cut,
+    ) -> StorageFuture<'a, ReadChunk> {
+        let plan = self.plan(key, from, to, max_bytes, cut);
+        let this = self.clone();
+        Box::pin(async move {
+            let (pieces, end) = plan?;
+            if pieces.is_empty() {
+                return Ok(ReadChunk {
+                    data: Vec::new(),
+                    end,
+                });
+            }
+            tokio::task::spawn_blocking(move || this.fetch(&pieces, end))
+                .await
+                .map_err(|e| StorageError::Io(io::Error::other(e)))?
+        })
+    }
+
+    fn soft_delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()> {
+        let (reply, rx) = oneshot::channel();
+        let submitted = self.submit(Op::SoftDelete {
+            key: key.to_owned(),
+            reply,
+        });
+        answer(submitted, rx)
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()> {
+        let (reply, rx) = oneshot::channel();
+        let submitted = self.submit(Op::Delete {
+            key: key.to_owned(),
+            reply,
+        });
+        answer(submitted, rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::storage_testkit!(FileStorage::open(
+        tempfile::tempdir().unwrap().keep(),
+        Durability::Fsync
+    )
+    .unwrap());
+
+    mod buffered {
+        use super::*;
+        crate::storage_testkit!(FileStorage::open(
+            tempfile::tempdir().unwrap().keep(),
+            Durability::Buffered
+        )
+        .unwrap());
+    }
+}

@@ -1,0 +1,88 @@
+//! Reads: plan the slices of the log a range needs, then `pread` them with
+//! neighbours coalesced.
+
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
+
+use super::FileStorage;
+use crate::storage::{Cut, RangePlan, ReadChunk, StorageError, Take};
+
+/// Gaps up to this size between pieces of one read are read through.
+const COALESCE_GAP: u64 = 16 * 1024;
+
+/// One slice of a read: `len` bytes at `offset` of `segment`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slice {
+    segment: u32,
+    offset: u64,
+    len: usize,
+}
+
+impl FileStorage {
+    /// Decides which byte ranges of which segments a read needs.
+    pub(super) fn plan(
+        &self,
+        key: &str,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+        cut: Cut,
+    ) -> Result<(Vec<Slice>, u64), StorageError> {
+        let index = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
+        let entry = index.streams.get(key).ok_or(StorageError::NotFound)?;
+        if entry.corrupt {
+            return Err(StorageError::Corrupt(format!(
+                "stream {key} has a damaged record in the log"
+            )));
+        }
+        let mut plan = RangePlan::new(from, to.min(entry.record.tail), max_bytes, cut);
+        let mut slices = Vec::new();
+        let first = entry.pieces.partition_point(|p| p.position <= from);
+        for piece in &entry.pieces[first.saturating_sub(1)..] {
+            match plan.take(piece.position, u64::from(piece.len)) {
+                Take::Bytes(range) => slices.push(Slice {
+                    segment: piece.segment,
+                    offset: piece.offset + range.start as u64,
+                    len: range.len(),
+                }),
+                Take::Skip => continue,
+                _ => break,
+            }
+            if plan.done() {
+                break;
+            }
+        }
+        Ok((slices, plan.end()))
+    }
+
+    /// Reads the planned slices, coalescing neighbours in one segment into one
+    /// `pread` and handing out slices of it.
+    pub(super) fn fetch(&self, slices: &[Slice], end: u64) -> Result<ReadChunk, StorageError> {
+        let mut data = Vec::with_capacity(slices.len());
+        let mut i = 0;
+        while i < slices.len() {
+            let first = slices[i];
+            let mut j = i + 1;
+            let mut span_end = first.offset + first.len as u64;
+            while j < slices.len()
+                && slices[j].segment == first.segment
+                && slices[j].offset >= span_end
+                && slices[j].offset - span_end <= COALESCE_GAP
+            {
+                span_end = slices[j].offset + slices[j].len as u64;
+                j += 1;
+            }
+            let file = self.segment(first.segment)?;
+            let mut buf = vec![0u8; (span_end - first.offset) as usize];
+            file.read_exact_at(&mut buf, first.offset)?;
+            let buf = Bytes::from(buf);
+            for slice in &slices[i..j] {
+                let start = (slice.offset - first.offset) as usize;
+                data.push(buf.slice(start..start + slice.len));
+            }
+            i = j;
+        }
+        Ok(ReadChunk::new(data, end))
+    }
+}
