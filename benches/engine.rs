@@ -1,16 +1,14 @@
-//! Engine and storage micro-benchmarks: append and read on memory storage, and
-//! group commit on fsynced file storage.
+//! Engine and storage micro-benchmarks through the in-process `Streams`
+//! handle: append and read on memory storage, and group commit on fsynced file
+//! storage.
 //!
 //! Run with `cargo bench --bench engine`.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use divan::Bencher;
-use tower_durable_streams::engine::{AppendRequest, CreateRequest, Engine};
-use tower_durable_streams::protocol::ReadFrom;
 use tower_durable_streams::storage::{Durability, FileStorage};
-use tower_durable_streams::{MemoryStorage, Storage};
+use tower_durable_streams::streams::CreateOptions;
+use tower_durable_streams::{DurableStreamsService, MemoryStorage, Offset, Storage, Streams};
 
 fn main() {
     divan::main();
@@ -23,39 +21,29 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn engine(storage: impl Storage) -> Engine {
-    Engine::new(Arc::new(storage), 1024 * 1024)
+fn streams(storage: impl Storage) -> Streams {
+    DurableStreamsService::builder()
+        .storage(storage)
+        .build()
+        .expect("service")
+        .streams()
 }
 
-fn create(rt: &tokio::runtime::Runtime, engine: &Engine, key: &str) {
-    rt.block_on(engine.create(
-        key,
-        CreateRequest {
-            content_type: Some("application/octet-stream".into()),
-            ..CreateRequest::default()
-        },
-    ))
-    .expect("create");
-}
-
-fn append_request(size: usize) -> AppendRequest {
-    AppendRequest {
-        content_type: Some("application/octet-stream".into()),
-        body: Bytes::from(vec![b'x'; size]),
-        ..AppendRequest::default()
-    }
+fn create(rt: &tokio::runtime::Runtime, streams: &Streams, path: &str) {
+    rt.block_on(streams.create(path, CreateOptions::new()))
+        .expect("create");
 }
 
 #[divan::bench(args = [64, 1024])]
 fn append_memory(bencher: Bencher, size: usize) {
     let rt = runtime();
-    let engine = engine(MemoryStorage::new());
-    create(&rt, &engine, "/s");
-    let request = append_request(size);
+    let streams = streams(MemoryStorage::new());
+    create(&rt, &streams, "/s");
+    let data = Bytes::from(vec![b'x'; size]);
     bencher
         .counter(divan::counter::BytesCount::new(size))
         .bench_local(|| {
-            rt.block_on(engine.append("/s", request.clone()))
+            rt.block_on(streams.append("/s", data.clone()))
                 .expect("append")
         });
 }
@@ -63,17 +51,17 @@ fn append_memory(bencher: Bencher, size: usize) {
 #[divan::bench(args = [1024, 65536])]
 fn read_memory_1mib(bencher: Bencher, append_size: usize) {
     let rt = runtime();
-    let engine = engine(MemoryStorage::new());
-    create(&rt, &engine, "/s");
-    let request = append_request(append_size);
+    let streams = streams(MemoryStorage::new());
+    create(&rt, &streams, "/s");
+    let data = Bytes::from(vec![b'x'; append_size]);
     for _ in 0..(1024 * 1024 / append_size) {
-        rt.block_on(engine.append("/s", request.clone()))
+        rt.block_on(streams.append("/s", data.clone()))
             .expect("append");
     }
     bencher
         .counter(divan::counter::BytesCount::new(1024 * 1024usize))
         .bench_local(|| {
-            rt.block_on(engine.read("/s", ReadFrom::Start))
+            rt.block_on(streams.read("/s", Offset::START))
                 .expect("read")
         });
 }
@@ -89,17 +77,17 @@ fn group_commit_64_appends(bencher: Bencher) {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("dir");
     let storage = FileStorage::open(dir.path(), Durability::Fsync).expect("open");
-    let engine = Arc::new(engine(storage));
+    let streams = streams(storage);
     for i in 0..64 {
-        create(&rt, &engine, &format!("/s{i}"));
+        create(&rt, &streams, &format!("/s{i}"));
     }
-    let request = append_request(1024);
+    let data = Bytes::from(vec![b'x'; 1024]);
     bencher.counter(64u32).bench_local(|| {
         rt.block_on(async {
             let tasks: Vec<_> = (0..64)
                 .map(|i| {
-                    let (engine, request) = (engine.clone(), request.clone());
-                    tokio::spawn(async move { engine.append(&format!("/s{i}"), request).await })
+                    let (streams, data) = (streams.clone(), data.clone());
+                    tokio::spawn(async move { streams.append(&format!("/s{i}"), data).await })
                 })
                 .collect();
             for task in tasks {

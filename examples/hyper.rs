@@ -1,52 +1,46 @@
 //! The service in a plain hyper server (no framework), mounted at `/v1/stream`
-//! with `base_path`, serving HTTP/1.1 and HTTP/2 (h2c) with hyper-util.
+//! with `base_path` and `fallback`, serving HTTP/1.1 and HTTP/2 (h2c) with
+//! hyper-util.
 //!
 //! Run it with:
 //!
 //! ```text
 //! cargo run --example hyper
 //! curl -X PUT -H 'content-type: text/plain' --data hi localhost:4439/v1/stream/demo
+//! curl localhost:4439/v1/stream/demo
 //! ```
 //!
-//! Requests outside the prefix get 404 from the host, not from the service.
+//! `fallback` sends requests under `/v1/stream` to the streams (the stream
+//! `/demo` above) and every other request to the host's own service, here a
+//! 404.
 
 use std::convert::Infallible;
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tower::ServiceExt;
+use hyper_util::service::TowerToHyperService;
 use tower_durable_streams::{BoxError, DurableStreamsService};
-
-const BASE: &str = "/v1/stream";
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let streams = DurableStreamsService::builder().base_path(BASE).build()?;
+    let not_found = tower::service_fn(|_: Request<Incoming>| async {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        Ok::<_, Infallible>(response)
+    });
+    let app = DurableStreamsService::builder()
+        .base_path("/v1/stream")
+        .build()?
+        .fallback(not_found);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 4439)).await?;
-    println!("hyper host on http://127.0.0.1:4439{BASE}/");
+    println!("hyper host on http://127.0.0.1:4439/v1/stream/");
     loop {
         let (socket, _) = listener.accept().await?;
-        let streams = streams.clone();
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let streams = streams.clone();
-            async move {
-                let path = request.uri().path();
-                if path
-                    .strip_prefix(BASE)
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-                {
-                    let response = streams.oneshot(request).await?;
-                    Ok::<_, Infallible>(response.map(|b| b.boxed()))
-                } else {
-                    let mut response = Response::new(Empty::new().map_err(|e| match e {}).boxed());
-                    *response.status_mut() = StatusCode::NOT_FOUND;
-                    Ok(response)
-                }
-            }
-        });
+        let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
             let served = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(socket), service)

@@ -18,17 +18,17 @@
 //!     .build()
 //!     .expect("valid settings");
 //!
-//! // Mount it: axum::Router::new().nest_service("/v1/stream", streams.clone())
+//! // Mount it: the stream /greetings is at /v1/stream/greetings.
 //! let app: axum::Router = axum::Router::new().nest_service("/v1/stream", streams.clone());
 //! # let _ = app;
 //!
-//! // Or drive it directly, as tests do.
-//! let create = Request::put("/v1/stream/greetings")
+//! // Or drive it directly, as tests do, with paths below the mount.
+//! let create = Request::put("/greetings")
 //!     .header("content-type", "text/plain")
 //!     .body(Full::new(Bytes::from("hello")))
 //!     .unwrap();
 //! assert_eq!(streams.clone().oneshot(create).await.unwrap().status(), 201);
-//! let read = Request::get("/v1/stream/greetings?offset=-1")
+//! let read = Request::get("/greetings?offset=-1")
 //!     .body(Full::new(Bytes::new()))
 //!     .unwrap();
 //! let response = streams.oneshot(read).await.unwrap();
@@ -38,31 +38,56 @@
 //! # }
 //! ```
 //!
-//! Storage: [`MemoryStorage`], [`storage::FileStorage`] (buffered or fsynced, with
-//! group commit), `storage::RedbStorage` (feature `redb`), or your own
-//! [`Storage`] checked with [`storage::testkit`]. Authorization: [`auth`].
-//! Embedding in axum, hyper and warp, host layers, TLS and shutdown: the
-//! [`guide`].
+//! # What is here
 //!
-//! The crate is layered: [`service`](DurableStreamsService) maps HTTP to
-//! operations, [`engine`] holds every protocol rule once, [`storage`] persists
-//! what the engine decided behind a small object-safe trait, and [`protocol`] has
-//! the pure parsers and encoders. See `docs/architecture.md`.
+//! - [`DurableStreamsService`] and its [`Builder`]: the HTTP side, for axum's
+//!   `nest_service`, or [`fallback`](DurableStreamsService::fallback) for hosts
+//!   that pass full paths (plain hyper, warp).
+//! - [`Streams`] ([`DurableStreamsService::streams`]): the same streams from
+//!   host code, without HTTP, waking the HTTP readers.
+//! - [`storage`]: the [`Storage`] trait and its backends, [`MemoryStorage`],
+//!   [`storage::FileStorage`] (buffered or fsynced, with group commit),
+//!   `storage::RedbStorage` (feature `redb`), or your own, checked with
+//!   [`storage::testkit`].
+//! - [`auth`]: the per-stream authorization hook. [`headers`]: the protocol's
+//!   header names, for CORS and clients. [`metrics`]: Prometheus counters
+//!   (feature `metrics`).
+//! - The [`guide`]: embedding in axum, hyper and warp, host layers, TLS,
+//!   shutdown and in-process use.
+//!
+//! Inside, the crate is layered: the service maps HTTP to operations, the
+//! engine holds every protocol rule once, storage persists what the engine
+//! decided, and pure protocol helpers parse and encode. See
+//! `docs/architecture.md`.
 //!
 //! [Durable Streams protocol]: https://github.com/durable-streams/durable-streams/blob/main/PROTOCOL.md
 //! [tower]: https://docs.rs/tower
 
 pub mod auth;
+mod engine;
 #[doc = include_str!("../docs/embedding.md")]
 pub mod guide {}
-pub mod engine;
+pub mod headers;
 #[cfg(feature = "metrics")]
 pub mod metrics;
-pub mod protocol;
+mod protocol;
 mod service;
 pub mod storage;
+pub mod streams;
 
+pub use engine::StreamError;
+pub use protocol::{Offset, OffsetParseError};
 pub use service::{
-    BoxError, BuildError, Builder, CachePolicy, DurableStreamsService, ResponseBody, ResponseFuture,
+    BoxError, BuildError, Builder, CachePolicy, DurableStreamsService, ResponseBody,
+    ResponseFuture, WithFallback, WithFallbackFuture,
 };
 pub use storage::{MemoryStorage, Storage, StorageError};
+pub use streams::Streams;
+
+/// The crate's pure protocol helpers, for its own micro-benchmarks only: not
+/// part of the public API, and may change in any release.
+#[cfg(feature = "unstable-bench")]
+#[doc(hidden)]
+pub mod __bench {
+    pub use crate::protocol::*;
+}

@@ -1,5 +1,5 @@
-//! Embedding: authorization outcomes, mount prefixes, graceful shutdown of live
-//! readers, and tower-http layers in front of the service.
+//! Embedding: authorization outcomes, graceful shutdown of live readers, and
+//! tower-http layers in front of the service. Mounting is in `mounting.rs`.
 
 mod common;
 
@@ -65,15 +65,15 @@ async fn authorization_outcomes() {
     let svc = recording_service(seen.clone());
     let ct = [("content-type", "text/plain")];
 
-    let anonymous = as_user(&svc, None, Method::PUT, "/v1/stream/a", &ct, b"x").await;
+    let anonymous = as_user(&svc, None, Method::PUT, "/a", &ct, b"x").await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
     assert_eq!(anonymous.header("www-authenticate"), Some("Bearer"));
     assert_eq!(anonymous.json()["code"], "UNAUTHORIZED");
 
-    let reader = as_user(&svc, Some("reader"), Method::PUT, "/v1/stream/a", &ct, b"x").await;
+    let reader = as_user(&svc, Some("reader"), Method::PUT, "/a", &ct, b"x").await;
     assert_eq!(reader.status, StatusCode::FORBIDDEN);
     assert_eq!(
-        as_user(&svc, Some("admin"), Method::HEAD, "/v1/stream/a", &[], b"")
+        as_user(&svc, Some("admin"), Method::HEAD, "/a", &[], b"")
             .await
             .status,
         StatusCode::NOT_FOUND,
@@ -81,45 +81,31 @@ async fn authorization_outcomes() {
     );
 
     assert_eq!(
-        as_user(&svc, Some("admin"), Method::PUT, "/v1/stream/a", &ct, b"x")
+        as_user(&svc, Some("admin"), Method::PUT, "/a", &ct, b"x")
             .await
             .status,
         StatusCode::CREATED
     );
     assert_eq!(
-        as_user(&svc, Some("reader"), Method::GET, "/v1/stream/a", &[], b"")
+        as_user(&svc, Some("reader"), Method::GET, "/a", &[], b"")
             .await
             .text(),
         "x"
     );
     assert_eq!(
-        as_user(
-            &svc,
-            Some("reader"),
-            Method::POST,
-            "/v1/stream/a",
-            &ct,
-            b"y"
-        )
-        .await
-        .status,
+        as_user(&svc, Some("reader"), Method::POST, "/a", &ct, b"y")
+            .await
+            .status,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        as_user(
-            &svc,
-            Some("reader"),
-            Method::DELETE,
-            "/v1/stream/a",
-            &[],
-            b""
-        )
-        .await
-        .status,
+        as_user(&svc, Some("reader"), Method::DELETE, "/a", &[], b"")
+            .await
+            .status,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        as_user(&svc, Some("admin"), Method::GET, "/v1/stream/a", &[], b"")
+        as_user(&svc, Some("admin"), Method::GET, "/a", &[], b"")
             .await
             .text(),
         "x",
@@ -128,35 +114,19 @@ async fn authorization_outcomes() {
 
     seen.lock().expect("lock").clear();
     let closing = [("content-type", "text/plain"), ("stream-closed", "true")];
-    as_user(&svc, Some("admin"), Method::POST, "/v1/stream/a", &ct, b"y").await;
+    as_user(&svc, Some("admin"), Method::POST, "/a", &ct, b"y").await;
     as_user(
         &svc,
         Some("admin"),
         Method::GET,
-        "/v1/stream/a?offset=-1&live=long-poll",
+        "/a?offset=-1&live=long-poll",
         &[],
         b"",
     )
     .await;
-    as_user(&svc, Some("admin"), Method::HEAD, "/v1/stream/a", &[], b"").await;
-    as_user(
-        &svc,
-        Some("admin"),
-        Method::POST,
-        "/v1/stream/a",
-        &closing,
-        b"",
-    )
-    .await;
-    as_user(
-        &svc,
-        Some("admin"),
-        Method::DELETE,
-        "/v1/stream/a",
-        &[],
-        b"",
-    )
-    .await;
+    as_user(&svc, Some("admin"), Method::HEAD, "/a", &[], b"").await;
+    as_user(&svc, Some("admin"), Method::POST, "/a", &closing, b"").await;
+    as_user(&svc, Some("admin"), Method::DELETE, "/a", &[], b"").await;
     let path = || "/a".to_owned();
     assert_eq!(
         *seen.lock().expect("lock"),
@@ -200,90 +170,35 @@ async fn a_fork_needs_read_on_its_source() {
         &svc,
         Some("admin"),
         Method::PUT,
-        "/v1/stream/secret",
+        "/secret",
         &[("content-type", "text/plain")],
         b"s3cr3t",
     )
     .await;
     let fork = [("stream-forked-from", "/v1/stream/secret")];
-    let refused = as_user(
-        &svc,
-        Some("writer"),
-        Method::PUT,
-        "/v1/stream/mine/copy",
-        &fork,
-        b"",
-    )
-    .await;
+    let refused = as_user(&svc, Some("writer"), Method::PUT, "/mine/copy", &fork, b"").await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert_eq!(
-        as_user(
-            &svc,
-            Some("admin"),
-            Method::HEAD,
-            "/v1/stream/mine/copy",
-            &[],
-            b""
-        )
-        .await
-        .status,
+        as_user(&svc, Some("admin"), Method::HEAD, "/mine/copy", &[], b"")
+            .await
+            .status,
         StatusCode::NOT_FOUND
     );
     as_user(
         &svc,
         Some("writer"),
         Method::PUT,
-        "/v1/stream/mine/src",
+        "/mine/src",
         &[("content-type", "text/plain")],
         b"ok",
     )
     .await;
     let own_fork = [("stream-forked-from", "/v1/stream/mine/src")];
     assert_eq!(
-        as_user(
-            &svc,
-            Some("writer"),
-            Method::PUT,
-            "/v1/stream/mine/f",
-            &own_fork,
-            b""
-        )
-        .await
-        .status,
-        StatusCode::CREATED
-    );
-}
-
-#[tokio::test]
-async fn any_mount_point() {
-    let svc = DurableStreamsService::builder()
-        .base_path("/api/v2/streams")
-        .build()
-        .expect("service");
-    let created = put(&svc, "/api/v2/streams/a/b", "text/plain", b"x").await;
-    assert_eq!(
-        created.header("location"),
-        Some("http://example.test/api/v2/streams/a/b")
-    );
-    // Nested routers strip the prefix; the key is the same stream.
-    assert_eq!(get(&svc, "/a/b").await.text(), "x");
-    let fork = send(
-        &svc,
-        Method::PUT,
-        "/api/v2/streams/f",
-        &[("stream-forked-from", "/api/v2/streams/a/b")],
-        b"",
-    )
-    .await;
-    assert_eq!(fork.status, StatusCode::CREATED);
-    let reserved = put(&svc, "/api/v2/streams/__ds/x", "text/plain", b"").await;
-    assert_eq!(reserved.status, StatusCode::NOT_FOUND);
-    assert_eq!(
-        put(&svc, "/api/v2/streams/x/__ds", "text/plain", b"")
+        as_user(&svc, Some("writer"), Method::PUT, "/mine/f", &own_fork, b"")
             .await
             .status,
-        StatusCode::CREATED,
-        "__ds is reserved only as the first segment"
+        StatusCode::CREATED
     );
 }
 
@@ -330,7 +245,7 @@ mod host_layers {
     use super::*;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
-    use tower_durable_streams::protocol::{REQUEST_HEADERS, RESPONSE_HEADERS};
+    use tower_durable_streams::headers::{REQUEST_HEADERS, RESPONSE_HEADERS};
     use tower_http::compression::CompressionLayer;
     use tower_http::cors::{Any, CorsLayer};
     use tower_http::limit::RequestBodyLimitLayer;

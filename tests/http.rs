@@ -104,7 +104,7 @@ fn file_storage(durability: Durability) -> FileStorage {
 mod cases {
     use super::*;
 
-    const S: &str = "/v1/stream/s";
+    const S: &str = "/s";
 
     pub async fn create_append_read(svc: DurableStreamsService) {
         let created = put(&svc, S, "text/plain", b"hello").await;
@@ -178,13 +178,13 @@ mod cases {
             vec![("stream-fork-offset", "0000000000000000_0000000000000000")],
             vec![("stream-fork-sub-offset", "0")],
         ] {
-            let reply = send(&svc, Method::PUT, "/v1/stream/bad", &headers, b"").await;
+            let reply = send(&svc, Method::PUT, "/bad", &headers, b"").await;
             assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{headers:?}");
             let problem = reply.json();
             assert_eq!(problem["status"], 400);
             assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()));
         }
-        let default = send(&svc, Method::PUT, "/v1/stream/untyped", &[], b"").await;
+        let default = send(&svc, Method::PUT, "/untyped", &[], b"").await;
         assert_eq!(
             default.header("content-type"),
             Some("application/octet-stream")
@@ -192,13 +192,13 @@ mod cases {
         let expires = send(
             &svc,
             Method::PUT,
-            "/v1/stream/exp",
+            "/exp",
             &[("stream-expires-at", "2099-01-01T00:00:00+02:00")],
             b"",
         )
         .await;
         assert_eq!(expires.status, StatusCode::CREATED);
-        let head = send(&svc, Method::HEAD, "/v1/stream/exp", &[], b"").await;
+        let head = send(&svc, Method::HEAD, "/exp", &[], b"").await;
         assert_eq!(
             head.header("stream-expires-at"),
             Some("2098-12-31T22:00:00Z")
@@ -317,13 +317,13 @@ mod cases {
         // JSON reads never split an append, even one longer than the cap.
         put(
             &svc,
-            "/v1/stream/j",
+            "/j",
             "application/json",
             br#"["aaaaaaaaaaaaaaaaaaaaaaaa","b"]"#,
         )
         .await;
-        post(&svc, "/v1/stream/j", "application/json", br#""c""#).await;
-        let read = get(&svc, "/v1/stream/j").await;
+        post(&svc, "/j", "application/json", br#""c""#).await;
+        let read = get(&svc, "/j").await;
         assert_eq!(
             read.json(),
             serde_json::json!(["aaaaaaaaaaaaaaaaaaaaaaaa", "b"])
@@ -436,21 +436,14 @@ mod cases {
             ("", Some("true"))
         );
         // "false" or anything but "true" is not a close.
-        put(&svc, "/v1/stream/o", "text/plain", b"").await;
-        let not_close = send(
-            &svc,
-            Method::POST,
-            "/v1/stream/o",
-            &[("stream-closed", "yes")],
-            b"",
-        )
-        .await;
+        put(&svc, "/o", "text/plain", b"").await;
+        let not_close = send(&svc, Method::POST, "/o", &[("stream-closed", "yes")], b"").await;
         assert_eq!(not_close.status, StatusCode::BAD_REQUEST);
         // Created closed.
         let closed = send(
             &svc,
             Method::PUT,
-            "/v1/stream/c",
+            "/c",
             &[("content-type", "text/plain"), ("stream-closed", "true")],
             b"x",
         )
@@ -546,7 +539,7 @@ mod cases {
     }
 
     pub async fn forks(svc: DurableStreamsService) {
-        let src = put(&svc, "/v1/stream/src", "text/plain", b"hello").await;
+        let src = put(&svc, "/src", "text/plain", b"hello").await;
         async fn fork_of_src(
             svc: &DurableStreamsService,
             path: &str,
@@ -556,24 +549,21 @@ mod cases {
             headers.extend_from_slice(extra);
             send(svc, Method::PUT, path, &headers, b"").await
         }
-        let whole = fork_of_src(&svc, "/v1/stream/f1", &[]).await;
+        let whole = fork_of_src(&svc, "/f1", &[]).await;
         assert_eq!(
             (whole.status, whole.header("content-type")),
             (StatusCode::CREATED, Some("text/plain"))
         );
         assert!(whole.header("stream-forked-from").is_none());
-        assert_eq!(
-            fork_of_src(&svc, "/v1/stream/f1", &[]).await.status,
-            StatusCode::OK
-        );
-        post(&svc, "/v1/stream/f1", "text/plain", b"!").await;
-        post(&svc, "/v1/stream/src", "text/plain", b"?").await;
-        assert_eq!(get(&svc, "/v1/stream/f1").await.text(), "hello!");
-        assert_eq!(get(&svc, "/v1/stream/src").await.text(), "hello?");
+        assert_eq!(fork_of_src(&svc, "/f1", &[]).await.status, StatusCode::OK);
+        post(&svc, "/f1", "text/plain", b"!").await;
+        post(&svc, "/src", "text/plain", b"?").await;
+        assert_eq!(get(&svc, "/f1").await.text(), "hello!");
+        assert_eq!(get(&svc, "/src").await.text(), "hello?");
         let zero = "0000000000000000_0000000000000000";
         let sub = fork_of_src(
             &svc,
-            "/v1/stream/f2",
+            "/f2",
             &[
                 ("stream-fork-offset", zero),
                 ("stream-fork-sub-offset", "3"),
@@ -581,10 +571,10 @@ mod cases {
         )
         .await;
         assert_eq!(sub.status, StatusCode::CREATED);
-        assert_eq!(get(&svc, "/v1/stream/f2").await.text(), "hel");
+        assert_eq!(get(&svc, "/f2").await.text(), "hel");
         let over = fork_of_src(
             &svc,
-            "/v1/stream/f3",
+            "/f3",
             &[
                 ("stream-fork-offset", zero),
                 ("stream-fork-sub-offset", "6"),
@@ -594,22 +584,17 @@ mod cases {
         assert_eq!(over.status, StatusCode::BAD_REQUEST);
         let beyond = fork_of_src(
             &svc,
-            "/v1/stream/f3",
+            "/f3",
             &[("stream-fork-offset", "0000000000000000_0000000000000099")],
         )
         .await;
         assert_eq!(beyond.status, StatusCode::BAD_REQUEST);
-        let mismatch = fork_of_src(
-            &svc,
-            "/v1/stream/f3",
-            &[("content-type", "application/json")],
-        )
-        .await;
+        let mismatch = fork_of_src(&svc, "/f3", &[("content-type", "application/json")]).await;
         assert_eq!(mismatch.status, StatusCode::CONFLICT);
         let missing = send(
             &svc,
             Method::PUT,
-            "/v1/stream/f3",
+            "/f3",
             &[("stream-forked-from", "/v1/stream/nope")],
             b"",
         )
@@ -619,7 +604,7 @@ mod cases {
         let nested = send(
             &svc,
             Method::PUT,
-            "/v1/stream/f4",
+            "/f4",
             &[
                 ("stream-forked-from", "/v1/stream/f1"),
                 ("stream-fork-offset", &src.next_offset()),
@@ -628,71 +613,65 @@ mod cases {
         )
         .await;
         assert_eq!(nested.status, StatusCode::CREATED);
-        assert_eq!(get(&svc, "/v1/stream/f4").await.text(), "hello");
+        assert_eq!(get(&svc, "/f4").await.text(), "hello");
     }
 
     pub async fn fork_soft_delete_and_cascade(svc: DurableStreamsService) {
-        put(&svc, "/v1/stream/a", "text/plain", b"A").await;
+        put(&svc, "/a", "text/plain", b"A").await;
         send(
             &svc,
             Method::PUT,
-            "/v1/stream/b",
+            "/b",
             &[("stream-forked-from", "/v1/stream/a")],
             b"",
         )
         .await;
-        post(&svc, "/v1/stream/b", "text/plain", b"B").await;
+        post(&svc, "/b", "text/plain", b"B").await;
         send(
             &svc,
             Method::PUT,
-            "/v1/stream/c",
+            "/c",
             &[("stream-forked-from", "/v1/stream/b")],
             b"",
         )
         .await;
         assert_eq!(
-            send(&svc, Method::DELETE, "/v1/stream/a", &[], b"")
-                .await
-                .status,
+            send(&svc, Method::DELETE, "/a", &[], b"").await.status,
             StatusCode::NO_CONTENT
         );
         assert_eq!(
-            send(&svc, Method::DELETE, "/v1/stream/b", &[], b"")
-                .await
-                .status,
+            send(&svc, Method::DELETE, "/b", &[], b"").await.status,
             StatusCode::NO_CONTENT
         );
         for gone in [Method::GET, Method::HEAD, Method::DELETE] {
             assert_eq!(
-                send(&svc, gone, "/v1/stream/a", &[], b"").await.status,
+                send(&svc, gone, "/a", &[], b"").await.status,
                 StatusCode::GONE
             );
         }
         assert_eq!(
-            post(&svc, "/v1/stream/b", "text/plain", b"x").await.status,
+            post(&svc, "/b", "text/plain", b"x").await.status,
             StatusCode::GONE
         );
         assert_eq!(
-            put(&svc, "/v1/stream/a", "text/plain", b"").await.status,
+            put(&svc, "/a", "text/plain", b"").await.status,
             StatusCode::CONFLICT
         );
         let refork = send(
             &svc,
             Method::PUT,
-            "/v1/stream/d",
+            "/d",
             &[("stream-forked-from", "/v1/stream/a")],
             b"",
         )
         .await;
         assert_eq!(refork.status, StatusCode::CONFLICT);
-        assert_eq!(get(&svc, "/v1/stream/c").await.text(), "AB");
+        assert_eq!(get(&svc, "/c").await.text(), "AB");
         assert_eq!(
-            send(&svc, Method::DELETE, "/v1/stream/c", &[], b"")
-                .await
-                .status,
+            send(&svc, Method::DELETE, "/c", &[], b"").await.status,
             StatusCode::NO_CONTENT
         );
-        for path in ["/v1/stream/a", "/v1/stream/b", "/v1/stream/c"] {
+        for path in ["/a", "/b", "/c"] {
             assert_eq!(
                 send(&svc, Method::HEAD, path, &[], b"").await.status,
                 StatusCode::NOT_FOUND,
@@ -721,23 +700,17 @@ mod cases {
     }
 
     pub async fn reserved_and_bad_paths(svc: DurableStreamsService) {
-        let reserved = put(
-            &svc,
-            "/v1/stream/__ds/subscriptions/x",
-            "application/json",
-            b"{}",
-        )
-        .await;
+        let reserved = put(&svc, "/__ds/subscriptions/x", "application/json", b"{}").await;
         assert_eq!(reserved.status, StatusCode::NOT_FOUND);
         assert_eq!(reserved.json()["code"], "RESERVED_PATH");
-        for bad in ["/v1/stream/a/../b", "/v1/stream/a//b", "/v1/stream/%2e%2e"] {
+        for bad in ["/a/../b", "/a//b", "/%2e%2e"] {
             assert_eq!(
                 put(&svc, bad, "text/plain", b"").await.status,
                 StatusCode::BAD_REQUEST,
                 "{bad}"
             );
         }
-        assert_eq!(get(&svc, "/v1/stream").await.status, StatusCode::NOT_FOUND);
+        assert_eq!(get(&svc, "/").await.status, StatusCode::NOT_FOUND);
     }
 
     pub async fn method_not_allowed(svc: DurableStreamsService) {
@@ -755,7 +728,7 @@ mod cases {
     }
 
     pub async fn security_headers_on_errors(svc: DurableStreamsService) {
-        let reply = get(&svc, "/v1/stream/missing").await;
+        let reply = get(&svc, "/missing").await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND);
         assert_eq!(reply.header("x-content-type-options"), Some("nosniff"));
         assert_eq!(
@@ -765,34 +738,28 @@ mod cases {
     }
 
     pub async fn recreating_an_expired_fork(svc: DurableStreamsService) {
-        put(&svc, "/v1/stream/src", "text/plain", b"x").await;
+        put(&svc, "/src", "text/plain", b"x").await;
         let fork = [
             ("stream-forked-from", "/v1/stream/src"),
             ("stream-ttl", "0"),
         ];
         assert_eq!(
-            send(&svc, Method::PUT, "/v1/stream/f", &fork, b"")
-                .await
-                .status,
+            send(&svc, Method::PUT, "/f", &fork, b"").await.status,
             StatusCode::CREATED
         );
         // The fork has expired; creating it again must neither hang nor leak a reference.
         let again = tokio::time::timeout(
             Duration::from_secs(5),
-            send(&svc, Method::PUT, "/v1/stream/f", &fork, b""),
+            send(&svc, Method::PUT, "/f", &fork, b""),
         )
         .await;
         assert_eq!(again.expect("no deadlock").status, StatusCode::CREATED);
         assert_eq!(
-            send(&svc, Method::DELETE, "/v1/stream/src", &[], b"")
-                .await
-                .status,
+            send(&svc, Method::DELETE, "/src", &[], b"").await.status,
             StatusCode::NO_CONTENT
         );
         assert_eq!(
-            send(&svc, Method::HEAD, "/v1/stream/src", &[], b"")
-                .await
-                .status,
+            send(&svc, Method::HEAD, "/src", &[], b"").await.status,
             StatusCode::GONE
         );
     }
@@ -915,14 +882,8 @@ mod cases {
         );
 
         // Binary streams are base64, and the reconnect interval ends idle responses.
-        put(
-            &svc,
-            "/v1/stream/bin",
-            "application/octet-stream",
-            &[0, 255],
-        )
-        .await;
-        let response = open(&svc, "/v1/stream/bin?offset=-1&live=sse").await;
+        put(&svc, "/bin", "application/octet-stream", &[0, 255]).await;
+        let response = open(&svc, "/bin?offset=-1&live=sse").await;
         assert_eq!(response.headers()["stream-sse-data-encoding"], "base64");
         let mut body = response.into_body();
         assert!(next_frame(&mut body)

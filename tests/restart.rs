@@ -30,45 +30,41 @@ const PRODUCER: [(&str, &str); 4] = [
 async fn write_everything(svc: &DurableStreamsService) -> Vec<String> {
     let ttl = [("content-type", "text/plain"), ("stream-ttl", "3600")];
     assert_eq!(
-        send(svc, Method::PUT, "/v1/stream/a", &ttl, b"hello")
-            .await
-            .status,
+        send(svc, Method::PUT, "/a", &ttl, b"hello").await.status,
         StatusCode::CREATED
     );
     let seq = [("content-type", "text/plain"), ("stream-seq", "001")];
-    let a = send(svc, Method::POST, "/v1/stream/a", &seq, b" world").await;
+    let a = send(svc, Method::POST, "/a", &seq, b" world").await;
     assert_eq!(a.status, StatusCode::NO_CONTENT);
 
     let expires = [
         ("content-type", "application/json"),
         ("stream-expires-at", "2099-01-01T00:00:00Z"),
     ];
-    send(svc, Method::PUT, "/v1/stream/j", &expires, b"").await;
-    let j = send(svc, Method::POST, "/v1/stream/j", &PRODUCER, b"[1,2]").await;
+    send(svc, Method::PUT, "/j", &expires, b"").await;
+    let j = send(svc, Method::POST, "/j", &PRODUCER, b"[1,2]").await;
     assert_eq!(j.status, StatusCode::OK);
 
     let closed = [("content-type", "text/plain"), ("stream-closed", "true")];
-    let c = send(svc, Method::PUT, "/v1/stream/c", &closed, b"done").await;
+    let c = send(svc, Method::PUT, "/c", &closed, b"done").await;
 
-    put(svc, "/v1/stream/src", "text/plain", b"base").await;
+    put(svc, "/src", "text/plain", b"base").await;
     send(
         svc,
         Method::PUT,
-        "/v1/stream/fork",
+        "/fork",
         &[("stream-forked-from", "/v1/stream/src")],
         b"",
     )
     .await;
-    let fork = post(svc, "/v1/stream/fork", "text/plain", b"+f").await;
+    let fork = post(svc, "/fork", "text/plain", b"+f").await;
     assert_eq!(
-        send(svc, Method::DELETE, "/v1/stream/src", &[], b"")
-            .await
-            .status,
+        send(svc, Method::DELETE, "/src", &[], b"").await.status,
         StatusCode::NO_CONTENT
     );
 
-    put(svc, "/v1/stream/gone", "text/plain", b"x").await;
-    send(svc, Method::DELETE, "/v1/stream/gone", &[], b"").await;
+    put(svc, "/gone", "text/plain", b"x").await;
+    send(svc, Method::DELETE, "/gone", &[], b"").await;
     vec![
         a.next_offset(),
         j.next_offset(),
@@ -78,35 +74,33 @@ async fn write_everything(svc: &DurableStreamsService) -> Vec<String> {
 }
 
 async fn check_everything(svc: &DurableStreamsService, tails: &[String]) {
-    let a = get(svc, "/v1/stream/a").await;
+    let a = get(svc, "/a").await;
     assert_eq!(
         (a.text(), a.next_offset()),
         ("hello world", tails[0].clone())
     );
-    let head = send(svc, Method::HEAD, "/v1/stream/a", &[], b"").await;
+    let head = send(svc, Method::HEAD, "/a", &[], b"").await;
     assert_eq!(
         (head.header("stream-ttl"), head.header("content-type")),
         (Some("3600"), Some("text/plain"))
     );
     let seq = [("content-type", "text/plain"), ("stream-seq", "001")];
     assert_eq!(
-        send(svc, Method::POST, "/v1/stream/a", &seq, b"again")
-            .await
-            .status,
+        send(svc, Method::POST, "/a", &seq, b"again").await.status,
         StatusCode::CONFLICT
     );
 
-    let j = get(svc, "/v1/stream/j").await;
+    let j = get(svc, "/j").await;
     assert_eq!(
         (j.json(), j.next_offset()),
         (serde_json::json!([1, 2]), tails[1].clone())
     );
-    let head = send(svc, Method::HEAD, "/v1/stream/j", &[], b"").await;
+    let head = send(svc, Method::HEAD, "/j", &[], b"").await;
     assert_eq!(
         head.header("stream-expires-at"),
         Some("2099-01-01T00:00:00Z")
     );
-    let retry = send(svc, Method::POST, "/v1/stream/j", &PRODUCER, b"[1,2]").await;
+    let retry = send(svc, Method::POST, "/j", &PRODUCER, b"[1,2]").await;
     assert_eq!(
         retry.status,
         StatusCode::NO_CONTENT,
@@ -115,54 +109,42 @@ async fn check_everything(svc: &DurableStreamsService, tails: &[String]) {
     let mut zombie = PRODUCER;
     zombie[2] = ("producer-epoch", "1");
     assert_eq!(
-        send(svc, Method::POST, "/v1/stream/j", &zombie, b"[3]")
-            .await
-            .status,
+        send(svc, Method::POST, "/j", &zombie, b"[3]").await.status,
         StatusCode::FORBIDDEN
     );
 
-    let c = get(svc, "/v1/stream/c").await;
+    let c = get(svc, "/c").await;
     assert_eq!(
         (c.text(), c.header("stream-closed")),
         ("done", Some("true"))
     );
     assert_eq!(c.next_offset(), tails[2]);
     assert_eq!(
-        post(svc, "/v1/stream/c", "text/plain", b"late")
-            .await
-            .status,
+        post(svc, "/c", "text/plain", b"late").await.status,
         StatusCode::CONFLICT
     );
 
     assert_eq!(
-        send(svc, Method::HEAD, "/v1/stream/src", &[], b"")
-            .await
-            .status,
+        send(svc, Method::HEAD, "/src", &[], b"").await.status,
         StatusCode::GONE
     );
-    let fork = get(svc, "/v1/stream/fork").await;
+    let fork = get(svc, "/fork").await;
     assert_eq!(
         (fork.text(), fork.next_offset()),
         ("base+f", tails[3].clone())
     );
     assert_eq!(
-        send(svc, Method::HEAD, "/v1/stream/gone", &[], b"")
-            .await
-            .status,
+        send(svc, Method::HEAD, "/gone", &[], b"").await.status,
         StatusCode::NOT_FOUND
     );
 
     // The reference count was rebuilt: deleting the last fork removes the source.
     assert_eq!(
-        send(svc, Method::DELETE, "/v1/stream/fork", &[], b"")
-            .await
-            .status,
+        send(svc, Method::DELETE, "/fork", &[], b"").await.status,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        send(svc, Method::HEAD, "/v1/stream/src", &[], b"")
-            .await
-            .status,
+        send(svc, Method::HEAD, "/src", &[], b"").await.status,
         StatusCode::NOT_FOUND
     );
 }
@@ -176,11 +158,9 @@ async fn round_trip<S: Storage>(dir: &Path, open: impl Fn(&Path) -> S) {
     drop(svc);
     // And once more, after the deletes of the check were themselves replayed.
     let svc = service(open(dir));
-    assert_eq!(get(&svc, "/v1/stream/a").await.text(), "hello world");
+    assert_eq!(get(&svc, "/a").await.text(), "hello world");
     assert_eq!(
-        send(&svc, Method::HEAD, "/v1/stream/fork", &[], b"")
-            .await
-            .status,
+        send(&svc, Method::HEAD, "/fork", &[], b"").await.status,
         StatusCode::NOT_FOUND
     );
 }

@@ -4,7 +4,7 @@ use crate::storage::ProducerState;
 
 /// What to do with an append carrying `(epoch, seq)` given the producer's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProducerDecision {
+pub(crate) enum ProducerDecision {
     /// Append, then store this state.
     Accept(ProducerState),
     /// Already appended: succeed without writing; `last_seq` is the highest accepted.
@@ -29,24 +29,8 @@ pub enum ProducerDecision {
 }
 
 /// Decides an append from `(epoch, seq)` against the stored `state`.
-///
-/// ```
-/// use tower_durable_streams::engine::{decide, ProducerDecision};
-/// use tower_durable_streams::storage::ProducerState;
-///
-/// let state = ProducerState { epoch: 1, last_seq: 4 };
-/// assert_eq!(decide(Some(state), 1, 5), ProducerDecision::Accept(ProducerState { epoch: 1, last_seq: 5 }));
-/// assert_eq!(decide(Some(state), 1, 3), ProducerDecision::Duplicate { last_seq: 4 });
-/// assert_eq!(decide(Some(state), 0, 9), ProducerDecision::StaleEpoch { current: 1 });
-/// assert_eq!(decide(Some(state), 1, 7), ProducerDecision::Gap { expected: 5, received: 7 });
-/// assert_eq!(decide(Some(state), 2, 1), ProducerDecision::NewEpochNotAtZero);
-/// assert_eq!(decide(None, 0, 0), ProducerDecision::Accept(ProducerState { epoch: 0, last_seq: 0 }));
-/// ```
-pub fn decide(state: Option<ProducerState>, epoch: u64, seq: u64) -> ProducerDecision {
-    let accept = ProducerDecision::Accept(ProducerState {
-        epoch,
-        last_seq: seq,
-    });
+pub(crate) fn decide(state: Option<ProducerState>, epoch: u64, seq: u64) -> ProducerDecision {
+    let accept = ProducerDecision::Accept(ProducerState::new(epoch, seq));
     let Some(state) = state else {
         return if seq == 0 {
             accept
@@ -85,6 +69,38 @@ pub fn decide(state: Option<ProducerState>, epoch: u64, seq: u64) -> ProducerDec
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn decisions() {
+        let state = ProducerState::new(1, 4);
+        assert_eq!(
+            decide(Some(state), 1, 5),
+            ProducerDecision::Accept(ProducerState::new(1, 5))
+        );
+        assert_eq!(
+            decide(Some(state), 1, 3),
+            ProducerDecision::Duplicate { last_seq: 4 }
+        );
+        assert_eq!(
+            decide(Some(state), 0, 9),
+            ProducerDecision::StaleEpoch { current: 1 }
+        );
+        assert_eq!(
+            decide(Some(state), 1, 7),
+            ProducerDecision::Gap {
+                expected: 5,
+                received: 7
+            }
+        );
+        assert_eq!(
+            decide(Some(state), 2, 1),
+            ProducerDecision::NewEpochNotAtZero
+        );
+        assert_eq!(
+            decide(None, 0, 0),
+            ProducerDecision::Accept(ProducerState::new(0, 0))
+        );
+    }
 
     #[test]
     fn new_producer_must_start_at_zero() {

@@ -12,12 +12,7 @@ use serde_json::value::RawValue;
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// The media type of a `Content-Type` value: lower-cased, parameters dropped.
-///
-/// ```
-/// use tower_durable_streams::protocol::media_type;
-///
-/// assert_eq!(media_type("Application/JSON; charset=utf-8"), "application/json");
-/// ```
+#[cfg(test)]
 pub fn media_type(content_type: &str) -> String {
     essence(content_type).to_ascii_lowercase()
 }
@@ -79,17 +74,6 @@ pub enum EmptyArray {
 
 /// Validates a JSON-mode body and turns it into stored wire form, flattening one
 /// level of a top-level array. Returns the wire bytes and the message count.
-///
-/// ```
-/// use tower_durable_streams::protocol::{json_to_wire, EmptyArray};
-///
-/// let (wire, n) = json_to_wire(br#"[{"a":1}, [2]]"#, EmptyArray::Reject).unwrap();
-/// assert_eq!((&wire[..], n), (&br#"{"a":1},[2],"#[..], 2));
-/// let (wire, n) = json_to_wire(br#"{"a":1}"#, EmptyArray::Reject).unwrap();
-/// assert_eq!((&wire[..], n), (&br#"{"a":1},"#[..], 1));
-/// assert!(json_to_wire(b"[]", EmptyArray::Reject).is_err());
-/// assert!(json_to_wire(b"{ nope }", EmptyArray::Reject).is_err());
-/// ```
 pub fn json_to_wire(body: &[u8], empty: EmptyArray) -> Result<(Bytes, usize), JsonError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let messages: Vec<&RawValue> = if first == Some(&b'[') {
@@ -111,16 +95,6 @@ pub fn json_to_wire(body: &[u8], empty: EmptyArray) -> Result<(Bytes, usize), Js
 
 /// The byte length of the first `count` messages of stored JSON wire bytes, or
 /// `None` if fewer than `count` messages are present.
-///
-/// ```
-/// use tower_durable_streams::protocol::json_prefix_len;
-///
-/// let wire = br#"{"a":"x,]"},[1,2],3,"#;
-/// assert_eq!(json_prefix_len(wire, 0), Some(0));
-/// assert_eq!(json_prefix_len(wire, 1), Some(12));
-/// assert_eq!(json_prefix_len(wire, 3), Some(wire.len()));
-/// assert_eq!(json_prefix_len(wire, 4), None);
-/// ```
 pub fn json_prefix_len(wire: &[u8], count: u64) -> Option<usize> {
     if count == 0 {
         return Some(0);
@@ -224,5 +198,37 @@ mod tests {
             let _ = json_to_wire(&body, EmptyArray::Reject);
             let _ = json_prefix_len(&body, 3);
         }
+    }
+}
+
+#[cfg(test)]
+mod examples_as_tests {
+    use super::*;
+
+    #[test]
+    fn media_type_drops_parameters_and_case() {
+        assert_eq!(
+            media_type("Application/JSON; charset=utf-8"),
+            "application/json"
+        );
+    }
+
+    #[test]
+    fn json_is_flattened_one_level_into_wire_form() {
+        let (wire, n) = json_to_wire(br#"[{"a":1}, [2]]"#, EmptyArray::Reject).unwrap();
+        assert_eq!((&wire[..], n), (&br#"{"a":1},[2],"#[..], 2));
+        let (wire, n) = json_to_wire(br#"{"a":1}"#, EmptyArray::Reject).unwrap();
+        assert_eq!((&wire[..], n), (&br#"{"a":1},"#[..], 1));
+        assert!(json_to_wire(b"[]", EmptyArray::Reject).is_err());
+        assert!(json_to_wire(b"{ nope }", EmptyArray::Reject).is_err());
+    }
+
+    #[test]
+    fn json_prefix_counts_whole_messages() {
+        let wire = br#"{"a":"x,]"},[1,2],3,"#;
+        assert_eq!(json_prefix_len(wire, 0), Some(0));
+        assert_eq!(json_prefix_len(wire, 1), Some(12));
+        assert_eq!(json_prefix_len(wire, 3), Some(wire.len()));
+        assert_eq!(json_prefix_len(wire, 4), None);
     }
 }

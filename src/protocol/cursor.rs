@@ -28,18 +28,6 @@ impl CursorClock {
     }
 
     /// The cursor to return at `now`, given the client's `cursor` query value.
-    ///
-    /// ```
-    /// use std::time::{Duration, UNIX_EPOCH};
-    /// use tower_durable_streams::protocol::CursorClock;
-    ///
-    /// let clock = CursorClock::default();
-    /// let now = UNIX_EPOCH + Duration::from_secs(1_728_432_000 + 200);
-    /// assert_eq!(clock.cursor_at(now, None), 10);
-    /// assert!(clock.cursor_at(now, Some("10")) > 10);
-    /// assert!(clock.cursor_at(now, Some("500")) > 500);
-    /// assert_eq!(clock.cursor_at(now, Some("garbage")), 10);
-    /// ```
     pub fn cursor_at(&self, now: SystemTime, client: Option<&str>) -> u64 {
         let since_epoch = now
             .duration_since(UNIX_EPOCH)
@@ -61,5 +49,22 @@ impl CursorClock {
     /// The cursor to return now.
     pub fn cursor(&self, client: Option<&str>) -> u64 {
         self.cursor_at(SystemTime::now(), client)
+    }
+}
+
+#[cfg(test)]
+mod examples_as_tests {
+    use super::*;
+
+    #[test]
+    fn cursors_advance_past_the_clients() {
+        use std::time::{Duration, UNIX_EPOCH};
+
+        let clock = CursorClock::default();
+        let now = UNIX_EPOCH + Duration::from_secs(1_728_432_000 + 200);
+        assert_eq!(clock.cursor_at(now, None), 10);
+        assert!(clock.cursor_at(now, Some("10")) > 10);
+        assert!(clock.cursor_at(now, Some("500")) > 500);
+        assert_eq!(clock.cursor_at(now, Some("garbage")), 10);
     }
 }

@@ -97,16 +97,6 @@ impl HeaderError {
 
 /// Parses a canonical non-negative decimal integer: no sign, no leading zeros,
 /// no fraction, no exponent.
-///
-/// ```
-/// use tower_durable_streams::protocol::parse_canonical_u64;
-///
-/// assert_eq!(parse_canonical_u64("3600"), Some(3600));
-/// assert_eq!(parse_canonical_u64("0"), Some(0));
-/// for bad in ["", "+1", "-1", "01", "1.0", "1e3", " 1"] {
-///     assert_eq!(parse_canonical_u64(bad), None);
-/// }
-/// ```
 pub fn parse_canonical_u64(value: &str) -> Option<u64> {
     let bytes = value.as_bytes();
     if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
@@ -165,17 +155,6 @@ pub struct ProducerHeaders {
 }
 
 /// Parses the producer headers, which come all together or not at all.
-///
-/// ```
-/// use tower_durable_streams::protocol::parse_producer;
-///
-/// assert_eq!(parse_producer(None, None, None), Ok(None));
-/// let p = parse_producer(Some("p1"), Some("0"), Some("3")).unwrap().unwrap();
-/// assert_eq!((p.id.as_str(), p.epoch, p.seq), ("p1", 0, 3));
-/// assert!(parse_producer(Some("p1"), None, Some("0")).is_err());
-/// assert!(parse_producer(Some(""), Some("0"), Some("0")).is_err());
-/// assert!(parse_producer(Some("p1"), Some("1e3"), Some("0")).is_err());
-/// ```
 pub fn parse_producer(
     id: Option<&str>,
     epoch: Option<&str>,
@@ -254,5 +233,31 @@ mod tests {
         assert!(parse_producer(Some("p"), Some("9007199254740992"), Some("0")).is_err());
         assert!(parse_producer(Some("p"), Some("-1"), Some("0")).is_err());
         assert!(parse_producer(Some("p"), Some("0"), Some("1abc")).is_err());
+    }
+}
+
+#[cfg(test)]
+mod examples_as_tests {
+    use super::*;
+
+    #[test]
+    fn canonical_integers_only() {
+        assert_eq!(parse_canonical_u64("3600"), Some(3600));
+        assert_eq!(parse_canonical_u64("0"), Some(0));
+        for bad in ["", "+1", "-1", "01", "1.0", "1e3", " 1"] {
+            assert_eq!(parse_canonical_u64(bad), None);
+        }
+    }
+
+    #[test]
+    fn producer_headers_come_together() {
+        assert_eq!(parse_producer(None, None, None), Ok(None));
+        let p = parse_producer(Some("p1"), Some("0"), Some("3"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.id.as_str(), p.epoch, p.seq), ("p1", 0, 3));
+        assert!(parse_producer(Some("p1"), None, Some("0")).is_err());
+        assert!(parse_producer(Some(""), Some("0"), Some("0")).is_err());
+        assert!(parse_producer(Some("p1"), Some("1e3"), Some("0")).is_err());
     }
 }

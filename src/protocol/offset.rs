@@ -16,14 +16,16 @@ pub const MAX_POSITION: u64 = 9_999_999_999_999_999;
 /// Length of an offset token in bytes.
 pub const OFFSET_LEN: usize = 33;
 
-/// A position in a stream, as handed to clients in `Stream-Next-Offset`.
+/// A position in a stream, as handed to clients in `Stream-Next-Offset`:
+/// opaque, fixed-width text that sorts as the positions do.
 ///
 /// ```
-/// use tower_durable_streams::protocol::Offset;
+/// use tower_durable_streams::Offset;
 ///
-/// let offset = Offset::new(42);
-/// assert_eq!(offset.to_string(), "0000000000000000_0000000000000042");
-/// assert_eq!("0000000000000000_0000000000000042".parse::<Offset>().unwrap(), offset);
+/// let start = Offset::START;
+/// assert_eq!(start.to_string(), "0000000000000000_0000000000000000");
+/// let later: Offset = "0000000000000000_0000000000000042".parse().unwrap();
+/// assert!(later > start);
 /// assert!("-1".parse::<Offset>().is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -31,12 +33,12 @@ pub struct Offset(u64);
 
 impl Offset {
     /// The start of every stream.
-    pub const ZERO: Offset = Offset(0);
+    pub const START: Offset = Offset(0);
 
     /// An offset at byte position `position`.
     ///
     /// Positions above [`MAX_POSITION`] are clamped; no stream can grow that large.
-    pub const fn new(position: u64) -> Self {
+    pub(crate) const fn new(position: u64) -> Self {
         if position > MAX_POSITION {
             Offset(MAX_POSITION)
         } else {
@@ -45,13 +47,13 @@ impl Offset {
     }
 
     /// The byte position this offset names.
-    pub const fn position(self) -> u64 {
+    pub(crate) const fn position(self) -> u64 {
         self.0
     }
 
     /// The token's bytes, written without formatting machinery (it is in the
     /// headers of nearly every response).
-    pub fn to_bytes(self) -> [u8; OFFSET_LEN] {
+    pub(crate) fn to_bytes(self) -> [u8; OFFSET_LEN] {
         let mut out = [b'0'; OFFSET_LEN];
         out[16] = b'_';
         let mut value = self.0;
@@ -114,15 +116,6 @@ pub enum ReadFrom {
 
 impl ReadFrom {
     /// Parses the value of an `offset` query parameter.
-    ///
-    /// ```
-    /// use tower_durable_streams::protocol::{Offset, ReadFrom};
-    ///
-    /// assert_eq!(ReadFrom::parse("-1"), Ok(ReadFrom::Start));
-    /// assert_eq!(ReadFrom::parse("now"), Ok(ReadFrom::Now));
-    /// assert_eq!(ReadFrom::parse(&Offset::new(7).to_string()), Ok(ReadFrom::At(Offset::new(7))));
-    /// assert!(ReadFrom::parse("0,1").is_err());
-    /// ```
     pub fn parse(value: &str) -> Result<Self, OffsetParseError> {
         match value {
             "-1" => Ok(ReadFrom::Start),
@@ -140,7 +133,7 @@ mod tests {
     #[test]
     fn renders_fixed_width() {
         assert_eq!(
-            Offset::ZERO.to_string(),
+            Offset::START.to_string(),
             "0000000000000000_0000000000000000"
         );
         assert_eq!(Offset::new(MAX_POSITION).to_string().len(), OFFSET_LEN);

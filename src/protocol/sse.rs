@@ -16,16 +16,7 @@ pub enum SseEncoding {
 ///
 /// Text payloads are split at every line break (`\r\n`, `\r`, `\n`) into separate
 /// `data:` lines, so payload bytes can never start a new field or event.
-///
-/// ```
-/// use bytes::Bytes;
-/// use tower_durable_streams::protocol::{data_event, SseEncoding};
-///
-/// let frame = data_event(&[Bytes::from_static(b"a\nb")], SseEncoding::Text);
-/// assert_eq!(&frame[..], b"event: data\ndata:a\ndata:b\n\n");
-/// let frame = data_event(&[Bytes::from_static(b"Hello")], SseEncoding::Base64);
-/// assert_eq!(&frame[..], b"event: data\ndata:SGVsbG8=\n\n");
-/// ```
+#[cfg_attr(not(any(test, feature = "unstable-bench")), allow(dead_code))]
 pub fn data_event(pieces: &[Bytes], encoding: SseEncoding) -> Bytes {
     let size: usize = pieces.iter().map(Bytes::len).sum();
     let mut out = BytesMut::with_capacity(size * 4 / 3 + 32);
@@ -85,16 +76,6 @@ pub(crate) fn put_data_event(out: &mut BytesMut, pieces: &[Bytes], encoding: Sse
 
 /// How many bytes at the end of `pieces` form an incomplete UTF-8 sequence, which
 /// a text event should hold back until the rest of the character arrives.
-///
-/// ```
-/// use bytes::Bytes;
-/// use tower_durable_streams::protocol::incomplete_utf8_suffix;
-///
-/// let euro = "€".as_bytes(); // three bytes
-/// assert_eq!(incomplete_utf8_suffix(&[Bytes::from_static(b"ab"), Bytes::copy_from_slice(&euro[..2])]), 2);
-/// assert_eq!(incomplete_utf8_suffix(&[Bytes::copy_from_slice(euro)]), 0);
-/// assert_eq!(incomplete_utf8_suffix(&[Bytes::from_static(b"plain")]), 0);
-/// ```
 pub fn incomplete_utf8_suffix(pieces: &[Bytes]) -> usize {
     let mut tail = [0u8; 4];
     let mut n = 0;
@@ -131,13 +112,7 @@ pub struct Control<'a> {
 }
 
 /// Encodes one `control` event.
-///
-/// ```
-/// use tower_durable_streams::protocol::{control_event, Control};
-///
-/// let frame = control_event(&Control { next_offset: "o", cursor: Some("7"), up_to_date: true, closed: false });
-/// assert_eq!(&frame[..], &b"event: control\ndata:{\"streamNextOffset\":\"o\",\"streamCursor\":\"7\",\"upToDate\":true}\n\n"[..]);
-/// ```
+#[cfg_attr(not(any(test, feature = "unstable-bench")), allow(dead_code))]
 pub fn control_event(control: &Control<'_>) -> Bytes {
     let mut out = BytesMut::with_capacity(128);
     put_control_event(&mut out, control);
@@ -233,5 +208,47 @@ mod tests {
             &frame[..],
             &b"event: control\ndata:{\"streamNextOffset\":\"o\",\"upToDate\":true,\"streamClosed\":true}\n\n"[..]
         );
+    }
+}
+
+#[cfg(test)]
+mod examples_as_tests {
+    use super::*;
+
+    #[test]
+    fn data_events_split_lines_or_use_base64() {
+        use bytes::Bytes;
+
+        let frame = data_event(&[Bytes::from_static(b"a\nb")], SseEncoding::Text);
+        assert_eq!(&frame[..], b"event: data\ndata:a\ndata:b\n\n");
+        let frame = data_event(&[Bytes::from_static(b"Hello")], SseEncoding::Base64);
+        assert_eq!(&frame[..], b"event: data\ndata:SGVsbG8=\n\n");
+    }
+
+    #[test]
+    fn split_characters_are_held_back() {
+        use bytes::Bytes;
+
+        let euro = "€".as_bytes(); // three bytes
+        assert_eq!(
+            incomplete_utf8_suffix(&[
+                Bytes::from_static(b"ab"),
+                Bytes::copy_from_slice(&euro[..2])
+            ]),
+            2
+        );
+        assert_eq!(incomplete_utf8_suffix(&[Bytes::copy_from_slice(euro)]), 0);
+        assert_eq!(incomplete_utf8_suffix(&[Bytes::from_static(b"plain")]), 0);
+    }
+
+    #[test]
+    fn control_events_are_json() {
+        let frame = control_event(&Control {
+            next_offset: "o",
+            cursor: Some("7"),
+            up_to_date: true,
+            closed: false,
+        });
+        assert_eq!(&frame[..], &b"event: control\ndata:{\"streamNextOffset\":\"o\",\"streamCursor\":\"7\",\"upToDate\":true}\n\n"[..]);
     }
 }

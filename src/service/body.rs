@@ -8,6 +8,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_core::Stream;
 use http_body::{Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt as _;
 use sync_wrapper::SyncWrapper;
 
 /// The error a streaming response body can end with (a storage failure mid-read).
@@ -47,6 +49,12 @@ enum Kind {
     // `SyncWrapper` makes the body `Sync` (only `&mut` access ever reaches the
     // stream), so hosts can box it into `http_body_util::combinators::BoxBody`.
     Stream(SyncWrapper<BoxStream>),
+    /// Any other body (a fallback service's), with its own size hint.
+    Boxed {
+        body: SyncWrapper<UnsyncBoxBody<Bytes, BoxError>>,
+        hint: SizeHint,
+        end: bool,
+    },
 }
 
 impl ResponseBody {
@@ -56,6 +64,32 @@ impl ResponseBody {
         let remaining = chunks.iter().map(|c| c.len() as u64).sum();
         ResponseBody {
             kind: Kind::Chunks { chunks, remaining },
+        }
+    }
+
+    /// Any body yielding [`Bytes`], such as a host service's, boxed.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body::Body;
+    /// use http_body_util::Full;
+    /// use tower_durable_streams::ResponseBody;
+    ///
+    /// let body = ResponseBody::new(Full::new(Bytes::from_static(b"hi")));
+    /// assert_eq!(body.size_hint().exact(), Some(2));
+    /// ```
+    pub fn new<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (hint, end) = (body.size_hint(), body.is_end_stream());
+        ResponseBody {
+            kind: Kind::Boxed {
+                body: SyncWrapper::new(UnsyncBoxBody::new(body.map_err(Into::into))),
+                hint,
+                end,
+            },
         }
     }
 
@@ -88,6 +122,7 @@ impl fmt::Debug for ResponseBody {
             Kind::Empty => "empty",
             Kind::Chunks { .. } => "chunks",
             Kind::Stream(_) => "stream",
+            Kind::Boxed { .. } => "boxed",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()
     }
@@ -112,6 +147,12 @@ impl http_body::Body for ResponseBody {
                 .as_mut()
                 .poll_next(cx)
                 .map(|item| item.map(|r| r.map(Frame::data))),
+            Kind::Boxed { body, hint, end } => {
+                let body = body.get_mut();
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                (*hint, *end) = (body.size_hint(), body.is_end_stream());
+                polled
+            }
         }
     }
 
@@ -120,6 +161,7 @@ impl http_body::Body for ResponseBody {
             Kind::Empty => true,
             Kind::Chunks { chunks, .. } => chunks.is_empty(),
             Kind::Stream(_) => false,
+            Kind::Boxed { end, .. } => *end,
         }
     }
 
@@ -128,6 +170,7 @@ impl http_body::Body for ResponseBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Chunks { remaining, .. } => SizeHint::with_exact(*remaining),
             Kind::Stream(_) => SizeHint::default(),
+            Kind::Boxed { hint, .. } => *hint,
         }
     }
 }

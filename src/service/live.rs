@@ -8,9 +8,11 @@ use http::{Response, StatusCode};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::dispatch::{reader_permit, ReaderSlot};
 use super::problem::Problem;
-use super::{catch_up_response, Inner, ResponseBody};
-use crate::engine::{EngineError, View};
+use super::responses::catch_up_response;
+use super::{Inner, ResponseBody};
+use crate::engine::{Key, ReadResult, StreamError, View};
 use crate::protocol::sse::{put_control_event, put_data_event};
 use crate::protocol::{
     incomplete_utf8_suffix, is_sse_text, Control, Offset, ReadFrom, SseEncoding, STREAM_CLOSED,
@@ -22,14 +24,10 @@ use crate::storage::StreamConfig;
 /// that no append between the read and the wait can be missed.
 async fn start(
     inner: &Inner,
-    key: &str,
+    key: &Key,
     from: ReadFrom,
-) -> Result<(watch::Receiver<View>, crate::engine::ReadResult), Problem> {
-    inner.engine.ready().await.map_err(Problem::from)?;
-    let rx = inner
-        .engine
-        .subscribe(key)
-        .ok_or_else(|| Problem::from(EngineError::NotFound))?;
+) -> Result<(watch::Receiver<View>, ReadResult), Problem> {
+    let rx = inner.engine.subscribe(key).await?;
     let read = inner.engine.read(key, from).await?;
     Ok((rx, read))
 }
@@ -37,11 +35,11 @@ async fn start(
 /// `GET ?live=long-poll`.
 pub(crate) async fn long_poll(
     inner: Arc<Inner>,
-    key: String,
+    key: Key,
     from: ReadFrom,
     cursor: Option<String>,
 ) -> Result<Response<ResponseBody>, Problem> {
-    let _permit = super::reader_permit(&inner)?;
+    let _permit = reader_permit(&inner)?;
     let (mut rx, first) = start(&inner, &key, from).await?;
     let cursor = inner.cursor.cursor(cursor.as_deref()).to_string();
     if first.end > first.start {
@@ -63,7 +61,7 @@ pub(crate) async fn long_poll(
                 let tail = rx.borrow().tail.max(position);
                 return Ok(no_content(tail, false, Some(&cursor)));
             }
-            Some(Err(_)) => return Err(EngineError::NotFound.into()),
+            Some(Err(_)) => return Err(StreamError::NotFound.into()),
             Some(Ok(())) => {
                 let view = rx.borrow_and_update().clone();
                 check_same_stream(&view, &config)?;
@@ -79,11 +77,11 @@ pub(crate) async fn long_poll(
     }
 }
 
-fn check_same_stream(view: &View, config: &StreamConfig) -> Result<(), EngineError> {
+fn check_same_stream(view: &View, config: &StreamConfig) -> Result<(), StreamError> {
     match &view.config {
-        Some(c) if c.id == config.id && view.soft_deleted => Err(EngineError::Gone),
+        Some(c) if c.id == config.id && view.soft_deleted => Err(StreamError::Gone),
         Some(c) if c.id == config.id => Ok(()),
-        _ => Err(EngineError::NotFound),
+        _ => Err(StreamError::NotFound),
     }
 }
 
@@ -115,7 +113,7 @@ fn no_content(tail: u64, closed: bool, cursor: Option<&str>) -> Response<Respons
 
 struct SseState {
     inner: Arc<Inner>,
-    key: String,
+    key: Key,
     config: Arc<StreamConfig>,
     position: u64,
     rx: watch::Receiver<View>,
@@ -130,17 +128,17 @@ struct SseState {
     sent_control: bool,
     done: bool,
     /// Held for as long as the response streams.
-    _permit: super::ReaderSlot,
+    _permit: ReaderSlot,
 }
 
 /// `GET ?live=sse`.
 pub(crate) async fn sse(
     inner: Arc<Inner>,
-    key: String,
+    key: Key,
     from: ReadFrom,
     cursor: Option<String>,
 ) -> Result<Response<ResponseBody>, Problem> {
-    let permit = super::reader_permit(&inner)?;
+    let permit = reader_permit(&inner)?;
     let (rx, first) = start(&inner, &key, from).await?;
     let encoding = if is_sse_text(&first.config.content_type) {
         SseEncoding::Text
@@ -187,7 +185,7 @@ pub(crate) async fn sse(
 }
 
 /// The next frame(s) of an SSE response, or `None` when it should end.
-async fn next_event(state: &mut SseState) -> Result<Option<Bytes>, EngineError> {
+async fn next_event(state: &mut SseState) -> Result<Option<Bytes>, StreamError> {
     loop {
         let view = state.rx.borrow_and_update().clone();
         if check_same_stream(&view, &state.config).is_err() {

@@ -4,10 +4,9 @@ use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
 use super::ResponseBody;
-use crate::engine::EngineError;
+use crate::engine::StreamError;
 use crate::protocol::{
-    Offset, PRODUCER_EPOCH, PRODUCER_EXPECTED_SEQ, PRODUCER_RECEIVED_SEQ, STREAM_CLOSED,
-    STREAM_NEXT_OFFSET,
+    PRODUCER_EPOCH, PRODUCER_EXPECTED_SEQ, PRODUCER_RECEIVED_SEQ, STREAM_CLOSED, STREAM_NEXT_OFFSET,
 };
 
 /// A refusal: a status, a stable machine-readable code, a human-readable detail
@@ -80,53 +79,71 @@ impl Problem {
     }
 }
 
-impl From<EngineError> for Problem {
-    fn from(error: EngineError) -> Self {
-        let detail = error.to_string();
-        match error {
-            EngineError::NotFound => {
-                Problem::new(StatusCode::NOT_FOUND, "STREAM_NOT_FOUND", detail)
+impl StreamError {
+    /// The HTTP status the service answers this refusal with.
+    ///
+    /// ```
+    /// use tower_durable_streams::StreamError;
+    ///
+    /// assert_eq!(StreamError::NotFound.status(), 404);
+    /// assert_eq!(StreamError::NotFound.code(), "STREAM_NOT_FOUND");
+    /// ```
+    pub fn status(&self) -> StatusCode {
+        self.answer().0
+    }
+
+    /// The stable, machine-readable `code` of the service's problem response.
+    pub fn code(&self) -> &'static str {
+        self.answer().1
+    }
+
+    fn answer(&self) -> (StatusCode, &'static str) {
+        match self {
+            StreamError::NotFound => (StatusCode::NOT_FOUND, "STREAM_NOT_FOUND"),
+            StreamError::Gone => (StatusCode::GONE, "STREAM_DELETED"),
+            StreamError::Reserved => (StatusCode::NOT_FOUND, "RESERVED_PATH"),
+            StreamError::Invalid(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+            StreamError::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
+            StreamError::Closed { .. } => (StatusCode::CONFLICT, "STREAM_CLOSED"),
+            StreamError::ContentTypeMismatch { .. } => {
+                (StatusCode::CONFLICT, "CONTENT_TYPE_MISMATCH")
             }
-            EngineError::Gone => Problem::new(StatusCode::GONE, "STREAM_DELETED", detail),
-            EngineError::BadRequest(_) => Problem::bad_request(detail),
-            EngineError::Conflict(_) => Problem::new(StatusCode::CONFLICT, "CONFLICT", detail),
-            EngineError::Closed { tail } => {
-                Problem::new(StatusCode::CONFLICT, "STREAM_CLOSED", detail)
-                    .header(STREAM_CLOSED, "true")
-                    .header(STREAM_NEXT_OFFSET, Offset::new(tail))
+            StreamError::SeqRegression { .. } => (StatusCode::CONFLICT, "SEQUENCE_CONFLICT"),
+            StreamError::StaleEpoch { .. } => (StatusCode::FORBIDDEN, "STALE_PRODUCER_EPOCH"),
+            StreamError::NewEpochNotAtZero => (StatusCode::BAD_REQUEST, "INVALID_PRODUCER_SEQ"),
+            StreamError::SequenceGap { .. } => (StatusCode::CONFLICT, "PRODUCER_SEQUENCE_GAP"),
+            StreamError::StreamTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "STREAM_TOO_LARGE")
             }
-            EngineError::ContentTypeMismatch { .. } => {
-                Problem::new(StatusCode::CONFLICT, "CONTENT_TYPE_MISMATCH", detail)
-            }
-            EngineError::SeqRegression { .. } => {
-                Problem::new(StatusCode::CONFLICT, "SEQUENCE_CONFLICT", detail)
-            }
-            EngineError::StaleEpoch { current } => {
-                Problem::new(StatusCode::FORBIDDEN, "STALE_PRODUCER_EPOCH", detail)
-                    .header(PRODUCER_EPOCH, current)
-            }
-            EngineError::NewEpochNotAtZero => {
-                Problem::new(StatusCode::BAD_REQUEST, "INVALID_PRODUCER_SEQ", detail)
-            }
-            EngineError::SequenceGap { expected, received } => {
-                Problem::new(StatusCode::CONFLICT, "PRODUCER_SEQUENCE_GAP", detail)
-                    .header(PRODUCER_EXPECTED_SEQ, expected)
-                    .header(PRODUCER_RECEIVED_SEQ, received)
-            }
-            EngineError::StreamTooLarge { .. } => {
-                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "STREAM_TOO_LARGE", detail)
-            }
-            EngineError::Full => {
-                Problem::new(StatusCode::INSUFFICIENT_STORAGE, "STORAGE_FULL", detail)
-            }
-            EngineError::Storage(e) => {
-                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "storage failure");
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "STORAGE_ERROR",
+            StreamError::Full => (StatusCode::INSUFFICIENT_STORAGE, "STORAGE_FULL"),
+            StreamError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "STORAGE_ERROR"),
+        }
+    }
+}
+
+impl From<StreamError> for Problem {
+    fn from(error: StreamError) -> Self {
+        let (status, code) = error.answer();
+        let problem = match &error {
+            StreamError::Storage(e) => {
+                tracing::error!(error = %e, source = ?std::error::Error::source(e), "storage failure");
+                return Problem::new(
+                    status,
+                    code,
                     "the storage backend failed; see the server log",
-                )
+                );
             }
+            _ => Problem::new(status, code, error.to_string()),
+        };
+        match error {
+            StreamError::Closed { next_offset } => problem
+                .header(STREAM_CLOSED, "true")
+                .header(STREAM_NEXT_OFFSET, next_offset),
+            StreamError::StaleEpoch { current } => problem.header(PRODUCER_EPOCH, current),
+            StreamError::SequenceGap { expected, received } => problem
+                .header(PRODUCER_EXPECTED_SEQ, expected)
+                .header(PRODUCER_RECEIVED_SEQ, received),
+            _ => problem,
         }
     }
 }

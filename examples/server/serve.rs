@@ -1,0 +1,326 @@
+//! Serving: the routes (streams under `/v1/stream`, health, readiness,
+//! metrics), CORS, the accept loop with optional TLS, and graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use http::{HeaderValue, Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use tower_durable_streams::headers::{REQUEST_HEADERS, RESPONSE_HEADERS};
+use tower_durable_streams::{DurableStreamsService, ResponseBody, WithFallback};
+use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
+
+use crate::config::Config;
+use crate::storage::{open_blocking, Describe};
+use crate::{fail, tls, BASE_PATH};
+
+/// Everything the server answers once storage is open: the streams under the
+/// mount, the router for the rest.
+type App = WithFallback<Router>;
+
+#[cfg(feature = "metrics")]
+use tower_durable_streams::metrics::Metrics;
+/// Without the metrics feature there is nothing to count into.
+#[cfg(not(feature = "metrics"))]
+#[derive(Clone, Default)]
+struct Metrics;
+#[cfg(not(feature = "metrics"))]
+impl Metrics {
+    fn new() -> Self {
+        Metrics
+    }
+}
+
+/// Set once storage is open.
+type Ready = Arc<OnceLock<(App, Cors<App>, Describe)>>;
+
+fn cors(config: &Config) -> Result<CorsLayer, String> {
+    let origins = config.http.cors_origins.trim();
+    let origin = if origins == "*" {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|o| {
+                HeaderValue::from_str(o)
+                    .map_err(|_| format!("http.cors_origins: invalid origin {o:?}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers(REQUEST_HEADERS)
+        .expose_headers(RESPONSE_HEADERS))
+}
+
+/// Health, readiness and metrics.
+fn router(config: &Config, metrics: &Metrics, ready: &Ready) -> Router {
+    #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+    let mut app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get({
+                let ready = ready.clone();
+                move || async move {
+                    match ready.get() {
+                        Some(_) => (StatusCode::OK, "ready\n"),
+                        None => (StatusCode::SERVICE_UNAVAILABLE, "opening storage\n"),
+                    }
+                }
+            }),
+        );
+    #[cfg(feature = "metrics")]
+    if config.metrics.enabled {
+        let metrics = metrics.clone();
+        let ready = ready.clone();
+        metrics.add_collector(move || {
+            ready
+                .get()
+                .map(|(_, _, describe)| describe().prometheus)
+                .unwrap_or_default()
+        });
+        app = app.route(
+            &config.metrics.path,
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                        metrics.render(),
+                    )
+                }
+            }),
+        );
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (config, metrics);
+    app
+}
+
+/// Opens storage in the background and builds the streams service on it.
+fn open(
+    config: &Config,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+    (routes, cors): (Router, CorsLayer),
+    ready: &Ready,
+) {
+    let (config, shutdown, ready) = (config.clone(), shutdown.clone(), ready.clone());
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    let metrics = metrics.clone();
+    tokio::spawn(async move {
+        let (storage, describe) = open_blocking(&config).await;
+        let builder = DurableStreamsService::builder()
+            .storage(storage)
+            .base_path(BASE_PATH)
+            .long_poll_timeout(config.long_poll_timeout())
+            .sse_reconnect_interval(config.sse_reconnect_interval())
+            .max_append_bytes(config.limits.max_append_bytes)
+            .max_live_readers(config.limits.max_live_readers)
+            .max_inflight_writes(config.limits.max_inflight_writes)
+            .shutdown(shutdown);
+        let builder = match config.limits.max_stream_bytes {
+            0 => builder,
+            limit => builder.max_stream_bytes(limit),
+        };
+        #[cfg(feature = "metrics")]
+        let builder = if config.metrics.enabled {
+            builder.metrics(metrics)
+        } else {
+            builder
+        };
+        let streams = builder.build().unwrap_or_else(|e| fail(e, 2));
+        if let Err(e) = streams.start().await {
+            fail(format!("cannot load streams from storage: {e}"), 1);
+        }
+        tracing::info!(mode = ?config.storage.mode, "storage ready");
+        let app = streams.fallback(routes);
+        let with_cors = tower::Layer::layer(&cors, app.clone());
+        let _ = ready.set((app, with_cors, describe));
+    });
+}
+
+pub async fn serve(config: Config) {
+    let tls = tls::acceptor(&config.tls).unwrap_or_else(|e| fail(e, 2));
+    #[cfg(not(feature = "metrics"))]
+    if config.metrics.enabled {
+        tracing::warn!(
+            "metrics.enabled is set but this build has no metrics feature: /metrics is off"
+        );
+    }
+    let cors = cors(&config).unwrap_or_else(|e| fail(e, 2));
+    let address = SocketAddr::new(config.server.host, config.server.port);
+    let listener = TcpListener::bind(address).await.unwrap_or_else(|e| {
+        fail(
+            format!("cannot listen on {address} (server.host/server.port): {e}"),
+            1,
+        )
+    });
+    let local = listener.local_addr().expect("bound socket has an address");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("listening on {scheme}://{local}{BASE_PATH}/");
+
+    // Storage opens in the background (replaying a log takes a while): until it
+    // is ready, /healthz answers and /readyz and the streams answer 503.
+    let shutdown = CancellationToken::new();
+    let ready: Ready = Arc::new(OnceLock::new());
+    let metrics = Metrics::new();
+    let routes = router(&config, &metrics, &ready);
+    let opening = routes
+        .clone()
+        .fallback(|| async { (StatusCode::SERVICE_UNAVAILABLE, "opening storage\n") });
+    open(&config, &metrics, &shutdown, (routes, cors), &ready);
+
+    // Called by reference for each request (hyper's service_fn): only the
+    // service a request goes to is cloned. Writes that carry no `Origin` (not
+    // from a browser, never cached) skip the CORS layer; reads always pass it,
+    // so a cached read suits every origin.
+    let route = {
+        let ready = ready.clone();
+        Arc::new(move |request: Request<hyper::body::Incoming>| {
+            let browser = request.headers().contains_key(http::header::ORIGIN)
+                || matches!(
+                    *request.method(),
+                    Method::GET | Method::HEAD | Method::OPTIONS
+                );
+            let target = match ready.get() {
+                Some((_, with_cors, _)) if browser => Target::Cors(Box::new(with_cors.clone())),
+                Some((app, _, _)) => Target::Plain(app.clone()),
+                None => Target::Opening(opening.clone()),
+            };
+            async move {
+                let response = match target {
+                    Target::Cors(app) => app.oneshot(request).await,
+                    Target::Plain(app) => app.oneshot(request).await,
+                    Target::Opening(app) => {
+                        app.oneshot(request).await.map(|r| r.map(ResponseBody::new))
+                    }
+                };
+                let Ok(response) = response;
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+
+    let server = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut signal = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors, for example: back off a little
+                        // instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = {
+                    let route = route.clone();
+                    hyper::service::service_fn(move |request| route(request))
+                };
+                match &tls {
+                    None => {
+                        let connection = server.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        let connection = graceful.watch(connection.into_owned());
+                        tokio::spawn(async move {
+                            if let Err(e) = connection.await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                    Some(acceptor) => {
+                        // The handshake runs in the connection's task, never in the accept loop.
+                        let (acceptor, server, watcher) = (acceptor.clone(), server.clone(), graceful.watcher());
+                        tokio::spawn(async move {
+                            let stream = match acceptor.accept(stream).await {
+                                Ok(stream) => stream,
+                                Err(e) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                            };
+                            let connection = server.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            if let Err(e) = watcher.watch(connection.into_owned()).await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                }
+            }
+            () = &mut signal => break,
+        }
+    }
+    // Live readers get their final answers (204, a last SSE control event), then
+    // connections drain; after the grace period whatever is left is cut. Every
+    // acknowledged write is already durable (or, in file-fast mode, with the OS).
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!("connections still open after the grace period were closed");
+        }
+    }
+    if let Some((_, _, describe)) = ready.get() {
+        let figures = describe();
+        tracing::info!(storage = %figures.summary, "stopped");
+        eprintln!("storage: {}", figures.summary);
+    }
+}
+
+/// Where a request goes.
+enum Target {
+    /// Streams and routes, with CORS headers (browsers, and every read).
+    Cors(Box<Cors<App>>),
+    /// Streams and routes, without (writes no browser sent).
+    Plain(App),
+    /// Routes, and 503 for everything else, while storage opens.
+    Opening(Router),
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut signal) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            signal.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

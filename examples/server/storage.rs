@@ -1,0 +1,144 @@
+//! Opening the configured storage, and describing its writer's work for the
+//! log and for `/metrics`.
+
+use std::sync::Arc;
+
+use tower_durable_streams::storage::{Durability, FileStorage};
+use tower_durable_streams::{MemoryStorage, Storage};
+
+use crate::config::{Config, Mode};
+use crate::fail;
+
+/// Describes the storage writer's work so far (logged and exported as metrics).
+pub type Describe = Box<dyn Fn() -> StorageFigures + Send + Sync>;
+
+/// Counters of a durable backend's writer.
+#[derive(Default)]
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub struct StorageFigures {
+    pub summary: String,
+    pub prometheus: String,
+}
+
+pub fn open_storage(config: &Config) -> Result<(Arc<dyn Storage>, Describe), String> {
+    let dir = &config.storage.data_dir;
+    let opened: Result<(Arc<dyn Storage>, Describe), tower_durable_streams::StorageError> =
+        match config.storage.mode {
+            Mode::Memory => {
+                let memory = MemoryStorage::new().with_max_bytes(config.limits.max_memory_bytes);
+                let held = memory.clone();
+                let describe = move || StorageFigures {
+                    summary: format!("in memory, {} bytes held", held.data_bytes()),
+                    prometheus: format!(
+                        "# TYPE durable_streams_memory_bytes gauge\ndurable_streams_memory_bytes {}\n",
+                        held.data_bytes()
+                    ),
+                };
+                Ok((Arc::new(memory), Box::new(describe)))
+            }
+            Mode::FileFast | Mode::FileDurable => {
+                let durability = if config.storage.mode == Mode::FileFast {
+                    Durability::Buffered
+                } else {
+                    Durability::Fsync
+                };
+                FileStorage::open(dir, durability).map(|storage| {
+                    let stats = storage.clone();
+                    let describe = move || file_figures(&stats);
+                    (Arc::new(storage) as Arc<dyn Storage>, Box::new(describe) as Describe)
+                })
+            }
+            #[cfg(feature = "redb")]
+            Mode::Acid => tower_durable_streams::storage::RedbStorage::open(
+                dir,
+                config.storage.acid_shard_count,
+            )
+            .map(|storage| {
+                let stats = storage.clone();
+                let describe = move || StorageFigures {
+                    summary: format!("{} redb write transactions", stats.commits()),
+                    prometheus: format!(
+                        "# TYPE durable_streams_storage_commits counter\ndurable_streams_storage_commits_total {}\n",
+                        stats.commits()
+                    ),
+                };
+                (Arc::new(storage) as Arc<dyn Storage>, Box::new(describe) as Describe)
+            }),
+            #[cfg(not(feature = "redb"))]
+            Mode::Acid => {
+                return Err("storage.mode = acid needs the redb feature: \
+                            cargo run --release --features redb --example server"
+                    .into())
+            }
+        };
+    opened.map_err(|e| {
+        let cause = std::error::Error::source(&e)
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default();
+        format!(
+            "cannot open storage in {} (storage.data_dir): {e}{cause}",
+            dir.display()
+        )
+    })
+}
+
+/// The file writer's counters, as a log line and as Prometheus text.
+fn file_figures(storage: &FileStorage) -> StorageFigures {
+    let s = storage.stats();
+    let mut prometheus = String::new();
+    for (name, help, value) in [
+        (
+            "storage_writes",
+            "Operations written to the log",
+            s.operations,
+        ),
+        (
+            "storage_flushes",
+            "Batches written (one write each)",
+            s.flushes,
+        ),
+        ("storage_fsyncs", "fdatasync calls", s.fsyncs),
+        ("storage_bytes", "Bytes written to the log", s.bytes),
+    ] {
+        prometheus.push_str(&format!(
+            "# HELP durable_streams_{name} {help}.\n# TYPE durable_streams_{name} counter\ndurable_streams_{name}_total {value}\n"
+        ));
+    }
+    prometheus.push_str("# HELP durable_streams_storage_batch_size Operations per flush.\n# TYPE durable_streams_storage_batch_size histogram\n");
+    let mut cumulative = 0;
+    for (i, count) in s.batch_sizes.iter().enumerate() {
+        cumulative += count;
+        let le = if i + 1 == s.batch_sizes.len() {
+            "+Inf".to_owned()
+        } else {
+            (1u64 << i).to_string()
+        };
+        prometheus.push_str(&format!(
+            "durable_streams_storage_batch_size_bucket{{le=\"{le}\"}} {cumulative}\n"
+        ));
+    }
+    prometheus.push_str(&format!(
+        "durable_streams_storage_batch_size_sum {}\ndurable_streams_storage_batch_size_count {}\n",
+        s.operations, s.flushes
+    ));
+    StorageFigures {
+        summary: format!(
+            "{} writes in {} flushes with {} fsyncs ({:.1} writes per flush), {} bytes",
+            s.operations,
+            s.flushes,
+            s.fsyncs,
+            s.operations as f64 / s.flushes.max(1) as f64,
+            s.bytes
+        ),
+        prometheus,
+    }
+}
+
+pub async fn open_blocking(config: &Config) -> (Arc<dyn Storage>, Describe) {
+    // Opening replays the log or the databases: blocking work, off the reactor.
+    let opening = config.clone();
+    tokio::task::spawn_blocking(move || open_storage(&opening))
+        .await
+        .unwrap_or_else(|e| Err(format!("opening storage panicked: {e}")))
+        .unwrap_or_else(|e| fail(e, 1))
+}

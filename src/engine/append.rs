@@ -1,0 +1,270 @@
+//! Appending to and closing streams (`POST`), with idempotent producers.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::producer::{decide, ProducerDecision};
+use super::registry::Handle;
+use super::rules::{check_content_type, check_producer};
+use super::{AppendKind, AppendRequest, Appended, BodyType, Engine, Key, StreamError};
+use crate::protocol::{is_json, json_to_wire, same_media_type, EmptyArray, Offset};
+use crate::storage::{Append, ProducerTuple, StorageError, StreamRecord};
+
+impl Engine {
+    /// Appends to (and possibly closes) a stream (`POST`).
+    pub(crate) async fn append(
+        &self,
+        key: &Key,
+        request: AppendRequest,
+    ) -> Result<Appended, StreamError> {
+        let has_body = !request.body.is_empty();
+        if !has_body && !request.close {
+            return Err(StreamError::invalid(
+                "an append needs a non-empty body (or Stream-Closed: true to close)",
+            ));
+        }
+        if has_body {
+            match &request.content_type {
+                BodyType::Missing => {
+                    return Err(StreamError::invalid(
+                        "an append with a body needs a Content-Type",
+                    ))
+                }
+                BodyType::Given(ct) => check_content_type(ct)?,
+                BodyType::Stream => {}
+            }
+        }
+        if let Some(producer) = &request.producer {
+            check_producer(producer)?;
+        }
+        self.ready().await?;
+        let (handle, view) = self.live_view(key).await?;
+        let config = view.config.ok_or(StreamError::NotFound)?;
+        if view.soft_deleted {
+            return Err(StreamError::Gone);
+        }
+        let given = match &request.content_type {
+            BodyType::Given(ct) => ct.as_str(),
+            _ => config.content_type.as_str(),
+        };
+        let type_matches = same_media_type(given, &config.content_type);
+        // JSON validation and flattening is CPU work: do it before taking the lock.
+        let json = (has_body && type_matches && is_json(&config.content_type))
+            .then(|| json_to_wire(&request.body, EmptyArray::Reject).map(|(wire, _)| wire));
+        let (handle, mut writer) = self
+            .registry
+            .lock_handle(key, handle)
+            .await
+            .ok_or(StreamError::NotFound)?;
+        // Decide with the record borrowed under the lock: no copy on the hot path.
+        let (append, tail) = {
+            let record = match writer.get().record.as_ref() {
+                Some(r) if r.config.id == config.id && r.soft_deleted => {
+                    return Err(StreamError::Gone)
+                }
+                Some(r) if r.config.id == config.id => r,
+                _ => return Err(StreamError::NotFound),
+            };
+            if record.closed {
+                let record = record.clone();
+                drop(writer);
+                return self
+                    .answer_closed(&handle, &record, &request, has_body)
+                    .await;
+            }
+            let data = if has_body {
+                if !type_matches {
+                    return Err(StreamError::ContentTypeMismatch {
+                        expected: config.content_type.clone(),
+                        given: given.to_owned(),
+                    });
+                }
+                match json {
+                    Some(wire) => wire?,
+                    None => request.body.clone(),
+                }
+            } else {
+                Bytes::new()
+            };
+            let mut append = Append::new(record.config.id, record.tail, data);
+            if let Some(p) = &request.producer {
+                let state = record.producers.get(&p.id).copied();
+                match decide(state, p.epoch, p.seq) {
+                    ProducerDecision::Accept(state) => {
+                        append = append.with_producer(p.id.clone(), state);
+                    }
+                    ProducerDecision::Duplicate { last_seq } => {
+                        let (id, tail) = (record.config.id, record.tail);
+                        drop(writer);
+                        self.settled(&handle, id, tail, false).await?;
+                        return Ok(Appended {
+                            kind: AppendKind::Duplicate,
+                            tail,
+                            closed: false,
+                            producer: Some((p.epoch, last_seq)),
+                        });
+                    }
+                    ProducerDecision::StaleEpoch { current } => {
+                        return Err(StreamError::StaleEpoch { current })
+                    }
+                    ProducerDecision::NewEpochNotAtZero => {
+                        return Err(StreamError::NewEpochNotAtZero)
+                    }
+                    ProducerDecision::Gap { expected, received } => {
+                        return Err(StreamError::SequenceGap { expected, received })
+                    }
+                }
+            }
+            if let Some(given) = &request.stream_seq {
+                if let Some(last) = &record.stream_seq {
+                    if given.as_bytes() <= last.as_bytes() {
+                        return Err(StreamError::SeqRegression {
+                            last: last.clone(),
+                            given: given.clone(),
+                        });
+                    }
+                }
+                append = append.with_stream_seq(given.clone());
+            }
+            if request.close {
+                let by = request
+                    .producer
+                    .as_ref()
+                    .map(|p| ProducerTuple::new(p.id.clone(), p.epoch, p.seq));
+                append = append.closing(by);
+            }
+            (append, record.tail)
+        };
+        let new_tail = tail + append.data.len() as u64;
+        self.check_size(new_tail)?;
+        let closed = append.close.is_some();
+        let stream_id = append.stream_id;
+        if let Some(r) = writer.get_mut().record.as_mut() {
+            r.apply(&append);
+        }
+        // Ordered now, durable later: the lock is released before the wait so a
+        // backend with group commit can batch this stream's next appends.
+        let pending = self.storage.append(key, append);
+        drop(writer);
+        if let Err(e) = pending.await {
+            tracing::error!(stream = %key, error = %e, "append failed; reloading stream state");
+            self.refresh(key).await;
+            return Err(StreamError::storage(e));
+        }
+        handle.touch_for(&config);
+        // Wake live readers only if there are any: a reader that subscribes
+        // later reads the updated view itself (the count is read under the
+        // view's write lock, which its first `borrow` waits for).
+        handle.view.send_if_modified(|v| {
+            if v.config.as_ref().is_some_and(|c| c.id == stream_id) {
+                v.tail = v.tail.max(new_tail);
+                v.closed |= closed;
+                handle.view.receiver_count() > 0
+            } else {
+                false
+            }
+        });
+        Ok(Appended {
+            kind: AppendKind::Written,
+            tail: new_tail,
+            closed,
+            producer: request.producer.as_ref().map(|p| (p.epoch, p.seq)),
+        })
+    }
+
+    /// Answers an append to a closed stream (section 5.2.1): the retry of the
+    /// closing producer request is a duplicate, a stale epoch is fenced, a
+    /// close-only request is idempotent, anything else is refused.
+    async fn answer_closed(
+        &self,
+        handle: &Arc<Handle>,
+        record: &StreamRecord,
+        request: &AppendRequest,
+        has_body: bool,
+    ) -> Result<Appended, StreamError> {
+        if let Some(p) = &request.producer {
+            let state = record.producers.get(&p.id).copied();
+            if let ProducerDecision::StaleEpoch { current } = decide(state, p.epoch, p.seq) {
+                return Err(StreamError::StaleEpoch { current });
+            }
+            let closer = record
+                .closed_by
+                .as_ref()
+                .is_some_and(|t| t.id == p.id && t.epoch == p.epoch && t.seq == p.seq);
+            if closer {
+                self.settled(handle, record.config.id, record.tail, record.closed)
+                    .await?;
+                return Ok(Appended {
+                    kind: AppendKind::Duplicate,
+                    tail: record.tail,
+                    closed: true,
+                    producer: Some((p.epoch, state.map_or(p.seq, |s| s.last_seq))),
+                });
+            }
+        }
+        if has_body {
+            return Err(StreamError::Closed {
+                next_offset: Offset::new(record.tail),
+            });
+        }
+        self.settled(handle, record.config.id, record.tail, record.closed)
+            .await?;
+        Ok(Appended {
+            kind: AppendKind::AlreadyClosed,
+            tail: record.tail,
+            closed: true,
+            producer: None,
+        })
+    }
+
+    /// Waits until everything in `record` (tail and closure) is durable, so that a
+    /// duplicate is never acknowledged before the original append it stands for.
+    async fn settled(
+        &self,
+        handle: &Arc<Handle>,
+        id: u64,
+        tail: u64,
+        closed: bool,
+    ) -> Result<(), StreamError> {
+        let failures = handle.failures.load(Ordering::Acquire);
+        let mut rx = handle.view.subscribe();
+        loop {
+            {
+                let view = rx.borrow_and_update();
+                if view.config.as_ref().map(|c| c.id) != Some(id) {
+                    return Err(StreamError::NotFound);
+                }
+                if view.tail >= tail && (view.closed || !closed) {
+                    return Ok(());
+                }
+            }
+            if handle.failures.load(Ordering::Acquire) != failures {
+                return Err(StorageError::Io(std::io::Error::other(
+                    "the write this request repeats did not complete",
+                ))
+                .into());
+            }
+            if rx.changed().await.is_err() {
+                return Err(StreamError::NotFound);
+            }
+        }
+    }
+
+    /// Reloads one stream's cached state from storage after a failed write.
+    async fn refresh(&self, key: &Key) {
+        if let Some((handle, mut writer)) = self.registry.lock(key, false).await {
+            match self.storage.get(key).await {
+                Ok(record) => {
+                    writer.get_mut().record = record;
+                    handle.failures.fetch_add(1, Ordering::AcqRel);
+                    handle.publish(writer.get().record.as_ref());
+                }
+                Err(e) => {
+                    tracing::error!(stream = %key, error = %e, "could not reload stream state")
+                }
+            }
+        }
+    }
+}

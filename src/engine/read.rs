@@ -1,0 +1,144 @@
+//! Reading streams: catch-up reads, reads through fork origins, metadata and
+//! subscriptions for live readers.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::{Engine, Key, ReadResult, StreamError, View};
+use crate::protocol::{is_json, ReadFrom};
+use crate::storage::{Cut, ReadChunk, StorageError, StreamConfig};
+
+impl Engine {
+    /// Reads from `from` (`GET`), renewing the stream's TTL.
+    pub(crate) async fn read(&self, key: &Key, from: ReadFrom) -> Result<ReadResult, StreamError> {
+        self.ready().await?;
+        let (handle, view) = self.live_view(key).await?;
+        let config = view.config.clone().ok_or(StreamError::NotFound)?;
+        if view.soft_deleted {
+            return Err(StreamError::Gone);
+        }
+        handle.touch_for(&config);
+        let start = match from {
+            ReadFrom::Start => 0,
+            ReadFrom::Now => view.tail,
+            ReadFrom::At(offset) => offset.position(),
+        };
+        self.read_at(key, &config, start, &view).await
+    }
+
+    /// Reads the bytes at `start` given a view obtained earlier (live reads).
+    pub(crate) async fn read_at(
+        &self,
+        key: &Key,
+        config: &Arc<StreamConfig>,
+        start: u64,
+        view: &View,
+    ) -> Result<ReadResult, StreamError> {
+        if start > view.tail {
+            return Err(StreamError::invalid("offset is beyond the stream's tail"));
+        }
+        let cut = if is_json(&config.content_type) {
+            Cut::RecordBoundary
+        } else {
+            Cut::AnyByte
+        };
+        let chunk = self
+            .read_stitched(
+                key,
+                config,
+                start,
+                view.tail,
+                self.limits.max_read_bytes,
+                cut,
+            )
+            .await?;
+        Ok(ReadResult {
+            config: config.clone(),
+            start,
+            end: chunk.end,
+            tail: view.tail,
+            closed: view.closed,
+            data: chunk.data,
+        })
+    }
+
+    /// Reads `from..to` of `key`, following fork origins into sources.
+    pub(super) async fn read_stitched(
+        &self,
+        key: &Key,
+        config: &Arc<StreamConfig>,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+        cut: Cut,
+    ) -> Result<ReadChunk, StreamError> {
+        let mut out = ReadChunk::empty(from);
+        let mut budget = max_bytes;
+        while out.end < to && budget > 0 {
+            // Find the stream that holds position `out.end`.
+            let (mut seg_key, mut seg_config, mut seg_to) =
+                (Cow::Borrowed(key.as_str()), config.clone(), to);
+            while let Some(fork) = seg_config.fork.clone() {
+                if out.end >= fork.position {
+                    break;
+                }
+                seg_to = seg_to.min(fork.position);
+                // A source can only vanish if the fork was deleted meanwhile.
+                let source = self
+                    .registry
+                    .existing(&fork.source)
+                    .and_then(|h| h.view.borrow().config.clone())
+                    .ok_or(StreamError::NotFound)?;
+                seg_key = Cow::Owned(fork.source);
+                seg_config = source;
+            }
+            let chunk = self
+                .storage
+                .read(&seg_key, out.end, seg_to, budget, cut)
+                .await
+                .map_err(StreamError::storage)?;
+            if chunk.end <= out.end {
+                return Err(StorageError::Corrupt(format!(
+                    "no data at position {} of {seg_key}",
+                    out.end
+                ))
+                .into());
+            }
+            budget = budget.saturating_sub((chunk.end - out.end) as usize);
+            out.end = chunk.end;
+            if out.data.is_empty() {
+                out.data = chunk.data;
+            } else {
+                out.data.extend(chunk.data);
+            }
+            if out.end < seg_to {
+                // The backend stopped early: the budget is spent.
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// A stream's metadata, for `HEAD`. Does not renew a TTL.
+    pub(crate) async fn head(&self, key: &Key) -> Result<View, StreamError> {
+        self.ready().await?;
+        let (_, view) = self.live_view(key).await?;
+        match view.config {
+            None => Err(StreamError::NotFound),
+            Some(_) if view.soft_deleted => Err(StreamError::Gone),
+            Some(_) => Ok(view),
+        }
+    }
+
+    /// Subscribes to `key`'s view, to wait for appends, closure or deletion.
+    /// A stream with subscribers does not expire.
+    pub(crate) async fn subscribe(&self, key: &Key) -> Result<watch::Receiver<View>, StreamError> {
+        self.ready().await?;
+        self.registry
+            .existing(key)
+            .map(|h| h.view.subscribe())
+            .ok_or(StreamError::NotFound)
+    }
+}

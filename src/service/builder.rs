@@ -1,0 +1,302 @@
+//! Configuring a service: every setting, checked once by `build()`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderValue;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::{DurableStreamsService, Inner};
+use crate::auth::Authorizer;
+use crate::engine::{Engine, Limits};
+use crate::protocol::CursorClock;
+use crate::storage::{MemoryStorage, Storage};
+
+/// `Cache-Control` of catch-up reads that return stream data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CachePolicy {
+    /// `public, max-age=60, stale-while-revalidate=300`: shared streams behind a CDN.
+    #[default]
+    Public,
+    /// `private, max-age=60, stale-while-revalidate=300`: user-specific streams.
+    Private,
+    /// `no-store`: nothing is cached anywhere.
+    NoStore,
+}
+
+impl CachePolicy {
+    pub(crate) fn header(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            CachePolicy::Public => "public, max-age=60, stale-while-revalidate=300",
+            CachePolicy::Private => "private, max-age=60, stale-while-revalidate=300",
+            CachePolicy::NoStore => "no-store",
+        })
+    }
+}
+
+/// A setting that `build()` refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `base_path` must start with `/`, not end with `/`, and be a valid path.
+    #[error("invalid base_path {0:?}: it must start with '/' and must not end with '/'")]
+    BasePath(String),
+    /// A duration setting is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+    /// A size setting is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroSize(&'static str),
+}
+
+/// Configures a [`DurableStreamsService`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_durable_streams::{DurableStreamsService, MemoryStorage};
+///
+/// let service = DurableStreamsService::builder()
+///     .storage(MemoryStorage::new())
+///     .base_path("/v1/stream")
+///     .long_poll_timeout(Duration::from_secs(30))
+///     .build()
+///     .expect("valid settings");
+/// # let _ = service;
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct Builder {
+    storage: Option<Arc<dyn Storage>>,
+    authorizer: Option<Arc<dyn Authorizer>>,
+    shutdown: Option<CancellationToken>,
+    base_path: Option<String>,
+    long_poll_timeout: Duration,
+    sse_reconnect_interval: Duration,
+    cursor_interval: Duration,
+    max_append_bytes: usize,
+    max_read_bytes: usize,
+    cache_policy: CachePolicy,
+    expiry_sweep_interval: Duration,
+    max_stream_bytes: Option<u64>,
+    max_live_readers: usize,
+    max_inflight_writes: usize,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Metrics>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            storage: None,
+            authorizer: None,
+            shutdown: None,
+            base_path: None,
+            long_poll_timeout: Duration::from_secs(30),
+            sse_reconnect_interval: Duration::from_secs(60),
+            cursor_interval: Duration::from_secs(20),
+            max_append_bytes: 64 * 1024 * 1024,
+            max_read_bytes: 1024 * 1024,
+            cache_policy: CachePolicy::Public,
+            expiry_sweep_interval: Duration::from_secs(1),
+            max_stream_bytes: None,
+            max_live_readers: 10_000,
+            max_inflight_writes: 1_024,
+            #[cfg(feature = "metrics")]
+            metrics: None,
+        }
+    }
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("storage", &self.storage)
+            .field("authorizer", &self.authorizer.is_some())
+            .field("base_path", &self.base_path)
+            .field("long_poll_timeout", &self.long_poll_timeout)
+            .field("sse_reconnect_interval", &self.sse_reconnect_interval)
+            .field("max_append_bytes", &self.max_append_bytes)
+            .field("max_read_bytes", &self.max_read_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    /// Where streams are kept: any [`Storage`], including a shared
+    /// `Arc<dyn Storage>` or `Arc<MemoryStorage>` the host keeps a handle to.
+    /// Defaults to a new [`MemoryStorage`].
+    pub fn storage(mut self, storage: impl Storage) -> Self {
+        self.storage = Some(Arc::new(storage));
+        self
+    }
+
+    /// The host's per-stream authorization decision, asked before every
+    /// operation (see [`auth`](crate::auth)). A refusal is answered with 401 or
+    /// 403 and nothing is written. Defaults to none: everything is allowed.
+    pub fn authorize(mut self, authorizer: impl Authorizer) -> Self {
+        self.authorizer = Some(Arc::new(authorizer));
+        self
+    }
+
+    /// A token that, once cancelled, ends live reads promptly with their
+    /// protocol answers (pending long-polls answer 204, SSE responses send a
+    /// last control event and close) and stops the expiry sweeper. Cancel it
+    /// when the host shuts down. Defaults to a token nobody cancels.
+    pub fn shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = Some(token);
+        self
+    }
+
+    /// The path the service is mounted under, such as `/v1/stream`.
+    ///
+    /// The service always receives paths relative to its mount, as axum's
+    /// `nest_service` hands them over, and names the stream by that relative
+    /// path: `/v1/stream/chats/1` is the stream `/chats/1`, and every stream
+    /// has exactly one URL. `base_path` says where the mount is: `Location`
+    /// headers include it, `Stream-Forked-From` values (full URL paths) must
+    /// start with it, and [`DurableStreamsService::fallback`] strips it from
+    /// full paths for hyper and warp hosts. Defaults to none: mounted at `/`.
+    pub fn base_path(mut self, base_path: impl Into<String>) -> Self {
+        self.base_path = Some(base_path.into());
+        self
+    }
+
+    /// How long a long-poll read waits for data before answering 204.
+    /// Defaults to 30 seconds.
+    pub fn long_poll_timeout(mut self, timeout: Duration) -> Self {
+        self.long_poll_timeout = timeout;
+        self
+    }
+
+    /// How long an SSE response stays open before the server closes it so the
+    /// client reconnects (section 10.2). Defaults to 60 seconds.
+    pub fn sse_reconnect_interval(mut self, interval: Duration) -> Self {
+        self.sse_reconnect_interval = interval;
+        self
+    }
+
+    /// The interval of live-read cursors (section 10.1). Defaults to 20 seconds.
+    pub fn cursor_interval(mut self, interval: Duration) -> Self {
+        self.cursor_interval = interval;
+        self
+    }
+
+    /// The largest request body accepted by `PUT` and `POST`; larger ones get 413.
+    /// Defaults to 64 MiB.
+    pub fn max_append_bytes(mut self, bytes: usize) -> Self {
+        self.max_append_bytes = bytes;
+        self
+    }
+
+    /// The most stream bytes one read response carries; a longer range is served
+    /// over several requests. Defaults to 1 MiB.
+    pub fn max_read_bytes(mut self, bytes: usize) -> Self {
+        self.max_read_bytes = bytes;
+        self
+    }
+
+    /// `Cache-Control` of catch-up reads. Defaults to [`CachePolicy::Public`].
+    pub fn cache_policy(mut self, policy: CachePolicy) -> Self {
+        self.cache_policy = policy;
+        self
+    }
+
+    /// The longest a stream may grow, in bytes (inherited fork bytes count); the
+    /// create or append that would cross it gets 413 and nothing is written.
+    /// Defaults to no limit.
+    pub fn max_stream_bytes(mut self, bytes: u64) -> Self {
+        self.max_stream_bytes = Some(bytes);
+        self
+    }
+
+    /// The most long-poll and SSE reads served at once; more get 429 with
+    /// `Retry-After` instead of queueing. Defaults to 10,000.
+    pub fn max_live_readers(mut self, readers: usize) -> Self {
+        self.max_live_readers = readers;
+        self
+    }
+
+    /// The most creates, appends and deletes in progress at once; more get 503
+    /// with `Retry-After` instead of queueing. Defaults to 1,024.
+    pub fn max_inflight_writes(mut self, writes: usize) -> Self {
+        self.max_inflight_writes = writes;
+        self
+    }
+
+    /// Counts requests, latency, appends, bytes and live readers into
+    /// `metrics` (feature `metrics`). Defaults to none.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// How often expired streams that nobody touches are removed.
+    /// Defaults to 1 second.
+    pub fn expiry_sweep_interval(mut self, interval: Duration) -> Self {
+        self.expiry_sweep_interval = interval;
+        self
+    }
+
+    /// Checks the settings and builds the service.
+    pub fn build(self) -> Result<DurableStreamsService, BuildError> {
+        if let Some(base) = &self.base_path {
+            let valid = base.starts_with('/')
+                && !base.ends_with('/')
+                && !base.contains(['?', '#'])
+                && base.parse::<http::uri::PathAndQuery>().is_ok();
+            if !valid {
+                return Err(BuildError::BasePath(base.clone()));
+            }
+        }
+        for (name, value) in [
+            ("long_poll_timeout", self.long_poll_timeout),
+            ("sse_reconnect_interval", self.sse_reconnect_interval),
+            ("cursor_interval", self.cursor_interval),
+            ("expiry_sweep_interval", self.expiry_sweep_interval),
+        ] {
+            if value.is_zero() {
+                return Err(BuildError::ZeroDuration(name));
+            }
+        }
+        for (name, value) in [
+            ("max_append_bytes", self.max_append_bytes),
+            ("max_read_bytes", self.max_read_bytes),
+            ("max_live_readers", self.max_live_readers),
+            ("max_inflight_writes", self.max_inflight_writes),
+        ] {
+            if value == 0 {
+                return Err(BuildError::ZeroSize(name));
+            }
+        }
+        let storage = self
+            .storage
+            .unwrap_or_else(|| Arc::new(MemoryStorage::new()));
+        let shutdown = self.shutdown.unwrap_or_default();
+        let limits = Limits {
+            max_read_bytes: self.max_read_bytes,
+            max_stream_bytes: self.max_stream_bytes.unwrap_or(u64::MAX),
+            sweep_interval: self.expiry_sweep_interval,
+        };
+        Ok(DurableStreamsService {
+            inner: Arc::new(Inner {
+                engine: Engine::new(storage, limits, &shutdown),
+                live_readers: Arc::new(Semaphore::new(self.max_live_readers)),
+                #[cfg(feature = "metrics")]
+                metrics: self.metrics,
+                inflight_writes: Arc::new(Semaphore::new(self.max_inflight_writes)),
+                authorizer: self.authorizer,
+                shutdown,
+                base_path: self.base_path,
+                long_poll_timeout: self.long_poll_timeout,
+                sse_reconnect_interval: self.sse_reconnect_interval,
+                cursor: CursorClock::new(self.cursor_interval),
+                max_append_bytes: self.max_append_bytes,
+                cache_policy: self.cache_policy,
+            }),
+        })
+    }
+}
