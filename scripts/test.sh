@@ -17,6 +17,9 @@ cargo clippy --all-targets --all-features -- -D warnings
 step "cargo check --lib (no optional features)"
 cargo check --lib --no-default-features
 
+step "cargo doc (warnings denied: broken links, missing docs)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+
 step "cargo test --all-features"
 cargo test --all-features
 

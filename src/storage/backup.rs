@@ -36,6 +36,7 @@ const CHUNK: usize = 1024 * 1024;
 
 /// What to do when an imported stream's path is already taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OnConflict {
     /// Keep the existing stream, skip the imported one.
     Skip,
@@ -70,6 +71,7 @@ pub enum BackupError {
 
 /// Counts of an export or import.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Summary {
     /// Streams written.
     pub streams: usize,

@@ -283,7 +283,10 @@ impl Storage for MemoryStorage {
 mod tests {
     use super::*;
 
-    crate::storage_testkit!(MemoryStorage::new());
+    crate::storage_testkit!(
+        MemoryStorage::new(),
+        full: MemoryStorage::new().with_max_bytes(100),
+    );
 
     #[test]
     fn appends_share_growing_blocks_and_keep_their_bytes() {

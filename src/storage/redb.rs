@@ -556,5 +556,11 @@ impl Drop for Shard {
 mod tests {
     use super::*;
 
-    crate::storage_testkit!(RedbStorage::open(tempfile::tempdir().unwrap().keep(), 4).unwrap());
+    crate::storage_testkit!(
+        RedbStorage::open(tempfile::tempdir().unwrap().keep(), 4).unwrap(),
+        reopen: {
+            let dir = tempfile::tempdir().unwrap().keep();
+            move || std::future::ready(RedbStorage::open(&dir, 4).unwrap())
+        },
+    );
 }

@@ -1,45 +1,66 @@
 //! A behaviour suite every [`Storage`] backend must pass, public so that a
-//! third-party backend can run it against itself.
+//! third-party backend can run it against itself, and [`FailingStorage`], a
+//! backend that fails on demand, for testing what a host does when storage
+//! fails.
 //!
 //! Each check is an async function taking a fresh, empty store. The
 //! [`storage_testkit!`](crate::storage_testkit) macro turns them all into
-//! `#[tokio::test]`s:
+//! `#[tokio::test]`s; two more checks need more than a fresh store and run
+//! when the macro is given what they need: `reopen`, a closure that opens the
+//! same durable store again (each call a new handle on the same data), and
+//! `full`, a fresh store with room for fewer than 1,024 bytes of stream data.
 //!
 //! ```
 //! # mod wrapper {
 //! use tower_durable_streams::MemoryStorage;
-//! tower_durable_streams::storage_testkit!(MemoryStorage::new());
+//! tower_durable_streams::storage_testkit!(
+//!     MemoryStorage::new(),
+//!     full: MemoryStorage::new().with_max_bytes(100),
+//! );
 //! # }
 //! ```
+//!
+//! A durable backend adds `reopen`; the closure returns a future, so opening
+//! may be async:
+//!
+//! ```
+//! # mod wrapper {
+//! use tower_durable_streams::storage::{Durability, FileStorage};
+//! tower_durable_streams::storage_testkit!(
+//!     FileStorage::open(tempfile::tempdir().unwrap().keep(), Durability::Fsync).unwrap(),
+//!     reopen: {
+//!         let dir = tempfile::tempdir().unwrap().keep();
+//!         move || {
+//!             let dir = dir.clone();
+//!             async move { FileStorage::open(dir, Durability::Fsync).unwrap() }
+//!         }
+//!     },
+//! );
+//! # }
+//! ```
+
+mod failing;
+
+pub use failing::{FailSwitch, FailingStorage, Failure, Method};
+
+use std::future::Future;
 
 use bytes::Bytes;
 
 use super::{
-    Append, CreateOutcome, Cut, Expiry, ProducerState, ProducerTuple, Storage, StorageError,
-    StreamConfig, StreamRecord,
+    Append, CreateOutcome, Cut, Expiry, ForkOrigin, ProducerState, ProducerTuple, Storage,
+    StorageError, StreamConfig, StreamRecord,
 };
 
 fn record(id: u64) -> StreamRecord {
     StreamRecord::new(
-        StreamConfig {
-            id,
-            content_type: "application/octet-stream".into(),
-            expiry: Expiry::Ttl(60),
-            fork: None,
-        },
+        StreamConfig::new(id, "application/octet-stream", Expiry::Ttl(60)),
         0,
     )
 }
 
 fn append(id: u64, expected_tail: u64, data: &'static [u8]) -> Append {
-    Append {
-        stream_id: id,
-        expected_tail,
-        data: Bytes::from_static(data),
-        stream_seq: None,
-        producer: None,
-        close: None,
-    }
+    Append::new(id, expected_tail, Bytes::from_static(data))
 }
 
 async fn read_all(store: &dyn Storage, key: &str, from: u64, to: u64) -> Vec<u8> {
@@ -100,8 +121,7 @@ pub async fn appends_are_conditional(store: impl Storage) {
         stale,
         Err(StorageError::Conflict { actual_tail: 0 })
     ));
-    let mut close = append(1, 0, b"end");
-    close.close = Some(None);
+    let close = append(1, 0, b"end").closing(None);
     store.append("/s", close).await.expect("close");
     let after_close = store.append("/s", append(1, 3, b"x")).await;
     assert!(matches!(after_close, Err(StorageError::Conflict { .. })));
@@ -116,27 +136,13 @@ pub async fn append_state_is_persisted(store: impl Storage) {
         .create("/s", record(7), Bytes::new())
         .await
         .expect("create");
-    let state = ProducerState {
-        epoch: 2,
-        last_seq: 5,
-    };
-    let tuple = ProducerTuple {
-        id: "p".into(),
-        epoch: 2,
-        seq: 5,
-    };
-    store
-        .append(
-            "/s",
-            Append {
-                stream_seq: Some("0009".into()),
-                producer: Some(("p".into(), state)),
-                close: Some(Some(tuple.clone())),
-                ..append(7, 0, b"x")
-            },
-        )
-        .await
-        .expect("append");
+    let state = ProducerState::new(2, 5);
+    let tuple = ProducerTuple::new("p", 2, 5);
+    let closing = append(7, 0, b"x")
+        .with_stream_seq("0009")
+        .with_producer("p", state)
+        .closing(Some(tuple.clone()));
+    store.append("/s", closing).await.expect("append");
     let loaded = store.load().await.expect("load");
     let (key, rec) = loaded
         .into_iter()
@@ -223,20 +229,181 @@ pub async fn delete_and_soft_delete(store: impl Storage) {
     assert_eq!(recreated, CreateOutcome::Created);
 }
 
+/// Appends are pipelined: several submitted before any is awaited are applied
+/// in submission order, each checked against the state the ones before it
+/// leave (the engine submits a stream's next append before the previous one
+/// is durable).
+pub async fn appends_are_pipelined(store: impl Storage) {
+    store
+        .create("/s", record(1), Bytes::new())
+        .await
+        .expect("create");
+    let mut pending = Vec::new();
+    let mut tail = 0;
+    for i in 0..16u8 {
+        let data = Bytes::from(vec![b'a' + i; usize::from(i) + 1]);
+        let expected = tail;
+        tail += data.len() as u64;
+        pending.push(store.append("/s", Append::new(1, expected, data)));
+    }
+    // A stale append in the middle of the pipeline is refused; the next one,
+    // expecting the tail the others leave, is not.
+    let stale = store.append("/s", append(1, 0, b"stale"));
+    let after = store.append("/s", Append::new(1, tail, Bytes::from_static(b"!")));
+    for (i, future) in pending.into_iter().enumerate() {
+        future.await.unwrap_or_else(|e| panic!("append {i}: {e}"));
+    }
+    assert!(matches!(
+        stale.await,
+        Err(StorageError::Conflict { actual_tail }) if actual_tail == tail
+    ));
+    after.await.expect("the append after a refused one");
+    let mut expected: Vec<u8> = (0..16u8)
+        .flat_map(|i| vec![b'a' + i; usize::from(i) + 1])
+        .collect();
+    expected.push(b'!');
+    assert_eq!(read_all(&store, "/s", 0, tail + 1).await, expected);
+}
+
+/// Everything acknowledged is there after the store is dropped and opened
+/// again: records, bytes, producer state, `Stream-Seq`, closure, soft delete,
+/// fork origins; deleted streams stay deleted; appends continue at the tail.
+///
+/// `open` opens the same durable store each time it is called.
+pub async fn survives_reopen<S, F, Fut>(mut open: F)
+where
+    S: Storage,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = S>,
+{
+    {
+        let store = open().await;
+        store
+            .create("/a", record(1), Bytes::from_static(b"ab"))
+            .await
+            .expect("create");
+        let producer = append(1, 2, b"cd")
+            .with_producer("p", ProducerState::new(3, 4))
+            .with_stream_seq("07");
+        store.append("/a", producer).await.expect("append");
+        store
+            .create("/closed", record(2), Bytes::from_static(b"x"))
+            .await
+            .expect("create");
+        let close = append(2, 1, b"").closing(Some(ProducerTuple::new("q", 0, 9)));
+        store.append("/closed", close).await.expect("close");
+        let fork_config = StreamConfig::new(3, "application/octet-stream", Expiry::Never)
+            .with_fork(ForkOrigin::new("/a", 4, 0, 4));
+        store
+            .create(
+                "/fork",
+                StreamRecord::new(fork_config, 4),
+                Bytes::from_static(b"f"),
+            )
+            .await
+            .expect("create fork");
+        store.soft_delete("/a").await.expect("soft delete");
+        store
+            .create("/gone", record(4), Bytes::from_static(b"g"))
+            .await
+            .expect("create");
+        store.delete("/gone").await.expect("delete");
+    }
+    let store = open().await;
+    let mut loaded = store.load().await.expect("load");
+    loaded.sort_by(|a, b| a.0.cmp(&b.0));
+    let keys: Vec<&str> = loaded.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["/a", "/closed", "/fork"],
+        "deleted streams stay deleted"
+    );
+    let a = &loaded[0].1;
+    assert_eq!((a.tail, a.soft_deleted), (4, true));
+    assert_eq!(a.producers.get("p"), Some(&ProducerState::new(3, 4)));
+    assert_eq!(a.stream_seq.as_deref(), Some("07"));
+    let closed = &loaded[1].1;
+    assert!(closed.closed);
+    assert_eq!(closed.closed_by, Some(ProducerTuple::new("q", 0, 9)));
+    let fork = &loaded[2].1;
+    assert_eq!(fork.config.fork, Some(ForkOrigin::new("/a", 4, 0, 4)));
+    assert_eq!(fork.tail, 5);
+    assert_eq!(read_all(&store, "/a", 0, 4).await, b"abcd");
+    assert_eq!(read_all(&store, "/fork", 4, 5).await, b"f");
+    store
+        .append("/fork", append(3, 5, b"g"))
+        .await
+        .expect("append after reopen");
+    assert_eq!(read_all(&store, "/fork", 4, 6).await, b"fg");
+    assert!(matches!(
+        store.append("/fork", append(3, 5, b"h")).await,
+        Err(StorageError::Conflict { actual_tail: 6 })
+    ));
+}
+
+/// A store out of room refuses with [`StorageError::Full`] and writes
+/// nothing: the acknowledged bytes read back exactly, the refused ones never
+/// appear.
+///
+/// `store` has room for fewer than 1,024 bytes of stream data.
+pub async fn full_is_refused(store: impl Storage) {
+    store
+        .create("/s", record(1), Bytes::new())
+        .await
+        .expect("create");
+    let mut tail = 0u64;
+    let mut written = Vec::new();
+    loop {
+        assert!(tail < 1024, "the store never reported Full");
+        let data = Bytes::from(vec![b'a' + (tail / 16 % 26) as u8; 16]);
+        match store.append("/s", Append::new(1, tail, data.clone())).await {
+            Ok(()) => {
+                written.extend_from_slice(&data);
+                tail += 16;
+            }
+            Err(StorageError::Full) => break,
+            Err(other) => panic!("expected Full, got {other}"),
+        }
+    }
+    assert_eq!(read_all(&store, "/s", 0, tail + 16).await, written);
+    let loaded = store.load().await.expect("load");
+    assert_eq!(loaded[0].1.tail, tail, "the refused append left no trace");
+    match store
+        .create("/t", record(2), Bytes::from(vec![0u8; 1024]))
+        .await
+    {
+        Err(StorageError::Full) => {}
+        other => panic!("a create that does not fit: expected Full, got {other:?}"),
+    }
+    assert!(
+        store
+            .load()
+            .await
+            .expect("load")
+            .iter()
+            .all(|(k, _)| k != "/t"),
+        "the refused create left no stream"
+    );
+}
+
 /// Instantiates every testkit check as a `#[tokio::test]` against the store that
-/// `$make` builds (evaluated once per test).
+/// `$make` builds (evaluated once per test, inside an async function, so it may
+/// `.await`). Optional `reopen: <closure>` and `full: <store>` add the checks
+/// that need them (see the [module documentation](crate::storage::testkit)).
 #[macro_export]
 macro_rules! storage_testkit {
-    ($make:expr) => {
+    ($make:expr $(, $extra:ident: $value:expr)* $(,)?) => {
         $crate::storage_testkit!(@tests $make;
             create_is_idempotent,
             appends_read_back,
             appends_are_conditional,
+            appends_are_pipelined,
             append_state_is_persisted,
             reads_are_bounded,
             fork_records_start_at_their_position,
             delete_and_soft_delete
         );
+        $($crate::storage_testkit!(@extra $extra $value);)*
     };
     (@tests $make:expr; $($check:ident),*) => {
         $(
@@ -245,5 +412,17 @@ macro_rules! storage_testkit {
                 $crate::storage::testkit::$check($make).await;
             }
         )*
+    };
+    (@extra reopen $open:expr) => {
+        #[tokio::test]
+        async fn survives_reopen() {
+            $crate::storage::testkit::survives_reopen($open).await;
+        }
+    };
+    (@extra full $make:expr) => {
+        #[tokio::test]
+        async fn full_is_refused() {
+            $crate::storage::testkit::full_is_refused($make).await;
+        }
     };
 }

@@ -50,6 +50,7 @@ const MAX_OPEN_SEGMENTS: usize = 64;
 
 /// When an append counts as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Durability {
     /// Acknowledged once the bytes reach the operating system: survives a killed
     /// process, not a power loss (`file-fast`).
@@ -60,6 +61,7 @@ pub enum Durability {
 
 /// Counters of the writer, to see group commit at work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FileStats {
     /// Operations written (creates, appends, deletes).
     pub operations: u64,
@@ -336,18 +338,22 @@ impl Storage for FileStorage {
 mod tests {
     use super::*;
 
-    crate::storage_testkit!(FileStorage::open(
-        tempfile::tempdir().unwrap().keep(),
-        Durability::Fsync
-    )
-    .unwrap());
+    /// A closure that opens the same new directory each time.
+    fn reopen(durability: Durability) -> impl FnMut() -> std::future::Ready<FileStorage> {
+        let dir = tempfile::tempdir().unwrap().keep();
+        move || std::future::ready(FileStorage::open(&dir, durability).unwrap())
+    }
+
+    crate::storage_testkit!(
+        FileStorage::open(tempfile::tempdir().unwrap().keep(), Durability::Fsync).unwrap(),
+        reopen: reopen(Durability::Fsync),
+    );
 
     mod buffered {
         use super::*;
-        crate::storage_testkit!(FileStorage::open(
-            tempfile::tempdir().unwrap().keep(),
-            Durability::Buffered
-        )
-        .unwrap());
+        crate::storage_testkit!(
+            FileStorage::open(tempfile::tempdir().unwrap().keep(), Durability::Buffered).unwrap(),
+            reopen: reopen(Durability::Buffered),
+        );
     }
 }
