@@ -24,6 +24,8 @@ pub enum Mode {
     /// redb, acknowledged after a durable commit.
     #[serde(alias = "redb")]
     Acid,
+    /// PostgreSQL, shared by several instances; acknowledged after commit.
+    Postgres,
 }
 
 /// Every setting of the server.
@@ -86,6 +88,14 @@ pub struct StorageSection {
     pub mode: Mode,
     pub data_dir: PathBuf,
     pub acid_shard_count: usize,
+    /// postgres mode: the database URL.
+    pub postgres_url: String,
+    /// postgres mode: connections in the pool.
+    pub postgres_pool_size: usize,
+    /// postgres mode: the schema of the tables.
+    pub postgres_schema: String,
+    /// postgres mode: the longest a database call may take (503 beyond).
+    pub postgres_timeout_ms: u64,
 }
 
 impl Default for StorageSection {
@@ -94,6 +104,10 @@ impl Default for StorageSection {
             mode: Mode::Memory,
             data_dir: "./data/streams".into(),
             acid_shard_count: 16,
+            postgres_url: String::new(),
+            postgres_pool_size: 16,
+            postgres_schema: "public".into(),
+            postgres_timeout_ms: 5_000,
         }
     }
 }
@@ -205,7 +219,21 @@ impl Config {
                 format!("{shards} is not a power of two from 1 to 256"),
             );
         }
+        if self.storage.mode == Mode::Postgres && self.storage.postgres_url.is_empty() {
+            return at(
+                "storage.postgres_url",
+                "is required with storage.mode = postgres".into(),
+            );
+        }
         for (key, value) in [
+            (
+                "storage.postgres_pool_size",
+                self.storage.postgres_pool_size as u64,
+            ),
+            (
+                "storage.postgres_timeout_ms",
+                self.storage.postgres_timeout_ms,
+            ),
             (
                 "server.long_poll_timeout_secs",
                 self.server.long_poll_timeout_secs,

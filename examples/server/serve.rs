@@ -83,9 +83,16 @@ fn router(config: &Config, metrics: &Metrics, ready: &Ready) -> Router {
             get({
                 let ready = ready.clone();
                 move || async move {
-                    match ready.get() {
-                        Some(_) => (StatusCode::OK, "ready\n"),
-                        None => (StatusCode::SERVICE_UNAVAILABLE, "opening storage\n"),
+                    let Some((app, _, _)) = ready.get() else {
+                        return (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "opening storage\n".to_owned(),
+                        );
+                    };
+                    // A database that went away, a file writer that stopped.
+                    match app.streams().health().await {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}\n")),
                     }
                 }
             }),

@@ -70,6 +70,7 @@ pub fn open_storage(config: &Config) -> Result<(Arc<dyn Storage>, Describe), Str
                             cargo run --release --features redb --example server"
                     .into())
             }
+            Mode::Postgres => unreachable!("opened by open_postgres"),
         };
     opened.map_err(|e| {
         let cause = std::error::Error::source(&e)
@@ -134,7 +135,62 @@ fn file_figures(storage: &FileStorage) -> StorageFigures {
     }
 }
 
+/// Connects to PostgreSQL and migrates the schema.
+#[cfg(feature = "postgres")]
+async fn open_postgres(config: &Config) -> Result<(Arc<dyn Storage>, Describe), String> {
+    use tower_durable_streams::storage::{PostgresConfig, PostgresStorage};
+    let section = &config.storage;
+    let settings = PostgresConfig::new(&section.postgres_url)
+        .pool_size(section.postgres_pool_size)
+        .schema(&section.postgres_schema)
+        .timeout(std::time::Duration::from_millis(
+            section.postgres_timeout_ms,
+        ));
+    let storage = PostgresStorage::connect(settings).await.map_err(|e| {
+        let cause = std::error::Error::source(&e)
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default();
+        format!("cannot open PostgreSQL storage (storage.postgres_url, storage.postgres_schema): {e}{cause}")
+    })?;
+    let stats = storage.clone();
+    let describe = move || {
+        let s = stats.stats();
+        StorageFigures {
+            summary: format!(
+                "{} appends in {} PostgreSQL transactions ({:.1} per transaction), {} failed batches",
+                s.appends,
+                s.commits,
+                s.appends as f64 / s.commits.max(1) as f64,
+                s.failed_batches
+            ),
+            prometheus: format!(
+                "# HELP durable_streams_postgres_appends Appends committed by this instance.\n\
+                 # TYPE durable_streams_postgres_appends counter\n\
+                 durable_streams_postgres_appends_total {}\n\
+                 # HELP durable_streams_postgres_commits Write transactions committed by this instance.\n\
+                 # TYPE durable_streams_postgres_commits counter\n\
+                 durable_streams_postgres_commits_total {}\n\
+                 # HELP durable_streams_postgres_failed_batches Write batches that failed.\n\
+                 # TYPE durable_streams_postgres_failed_batches counter\n\
+                 durable_streams_postgres_failed_batches_total {}\n",
+                s.appends, s.commits, s.failed_batches
+            ),
+        }
+    };
+    Ok((Arc::new(storage), Box::new(describe)))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(_: &Config) -> Result<(Arc<dyn Storage>, Describe), String> {
+    Err("storage.mode = postgres needs the postgres feature: \
+         cargo run --release --features postgres --example server"
+        .into())
+}
+
 pub async fn open_blocking(config: &Config) -> (Arc<dyn Storage>, Describe) {
+    if config.storage.mode == Mode::Postgres {
+        return open_postgres(config).await.unwrap_or_else(|e| fail(e, 1));
+    }
     // Opening replays the log or the databases: blocking work, off the reactor.
     let opening = config.clone();
     tokio::task::spawn_blocking(move || open_storage(&opening))

@@ -12,6 +12,29 @@ use super::{AppendKind, AppendRequest, Appended, BodyType, Engine, Key, StreamEr
 use crate::protocol::{is_json, json_to_wire, same_media_type, EmptyArray, Offset};
 use crate::storage::{Append, ProducerTuple, StorageError, StreamRecord};
 
+/// How often an append is decided again after another instance wrote first.
+const MAX_ATTEMPTS: usize = 8;
+
+/// Why one try at an append did not succeed.
+enum Attempt {
+    /// The protocol's answer, or a failure.
+    Refused(StreamError),
+    /// Storage held something else; decide again.
+    Conflict,
+}
+
+/// Whether a refusal may come from a cache that another instance's writes
+/// made stale (everything but the request's own mistakes).
+fn could_be_stale(error: &StreamError) -> bool {
+    !matches!(error, StreamError::Invalid(_) | StreamError::Reserved)
+}
+
+impl From<StreamError> for Attempt {
+    fn from(error: StreamError) -> Self {
+        Attempt::Refused(error)
+    }
+}
+
 impl Engine {
     /// Appends to (and possibly closes) a stream (`POST`).
     pub(crate) async fn append(
@@ -40,10 +63,38 @@ impl Engine {
             check_producer(producer)?;
         }
         self.ready().await?;
-        let (handle, view) = self.live_view(key).await?;
+        // With shared storage a refusal, or a duplicate's answer, decided on
+        // the cache is decided again on the stored record before it is given.
+        let mut fresh = !self.shared;
+        for _ in 0..MAX_ATTEMPTS {
+            match self.append_once(key, &request, has_body, fresh).await {
+                Ok(appended) => return Ok(appended),
+                Err(Attempt::Refused(e)) if !fresh && could_be_stale(&e) => {
+                    self.refresh(key, false).await;
+                }
+                Err(Attempt::Refused(e)) => return Err(e),
+                Err(Attempt::Conflict) => {}
+            }
+            fresh = true;
+        }
+        Err(StreamError::Contended)
+    }
+
+    /// One try at an append: decided on the cached record, made conditional on
+    /// it. `Conflict` means storage held something else (another instance
+    /// wrote): the record has been reloaded, and the append can be decided
+    /// again.
+    async fn append_once(
+        &self,
+        key: &Key,
+        request: &AppendRequest,
+        has_body: bool,
+        fresh: bool,
+    ) -> Result<Appended, Attempt> {
+        let (handle, view) = self.live_view(key, false).await?;
         let config = view.config.ok_or(StreamError::NotFound)?;
         if view.soft_deleted {
-            return Err(StreamError::Gone);
+            return Err(StreamError::Gone.into());
         }
         let given = match &request.content_type {
             BodyType::Given(ct) => ct.as_str(),
@@ -58,31 +109,35 @@ impl Engine {
             .lock_handle(key, handle)
             .await
             .ok_or(StreamError::NotFound)?;
+        if handle.stale.load(Ordering::Acquire) {
+            self.reload_locked(key, &handle, &mut writer).await?;
+        }
         // Decide with the record borrowed under the lock: no copy on the hot path.
         let (append, tail) = {
             let record = match writer.get().record.as_ref() {
                 Some(r) if r.config.id == config.id && r.soft_deleted => {
-                    return Err(StreamError::Gone)
+                    return Err(StreamError::Gone.into())
                 }
                 Some(r) if r.config.id == config.id => r,
-                _ => return Err(StreamError::NotFound),
+                _ => return Err(StreamError::NotFound.into()),
             };
             if record.closed {
                 let record = record.clone();
                 drop(writer);
-                return self
-                    .answer_closed(&handle, &record, &request, has_body)
-                    .await;
+                return Ok(self
+                    .answer_closed(&handle, &record, request, has_body)
+                    .await?);
             }
             let data = if has_body {
                 if !type_matches {
                     return Err(StreamError::ContentTypeMismatch {
                         expected: config.content_type.clone(),
                         given: given.to_owned(),
-                    });
+                    }
+                    .into());
                 }
                 match json {
-                    Some(wire) => wire?,
+                    Some(wire) => wire.map_err(StreamError::from)?,
                     None => request.body.clone(),
                 }
             } else {
@@ -94,6 +149,12 @@ impl Engine {
                 match decide(state, p.epoch, p.seq) {
                     ProducerDecision::Accept(state) => {
                         append = append.with_producer(p.id.clone(), state);
+                    }
+                    ProducerDecision::Duplicate { .. } if !fresh => {
+                        // The highest accepted sequence may have moved on elsewhere.
+                        drop(writer);
+                        self.refresh(key, false).await;
+                        return Err(Attempt::Conflict);
                     }
                     ProducerDecision::Duplicate { last_seq } => {
                         let (id, tail) = (record.config.id, record.tail);
@@ -107,13 +168,13 @@ impl Engine {
                         });
                     }
                     ProducerDecision::StaleEpoch { current } => {
-                        return Err(StreamError::StaleEpoch { current })
+                        return Err(StreamError::StaleEpoch { current }.into())
                     }
                     ProducerDecision::NewEpochNotAtZero => {
-                        return Err(StreamError::NewEpochNotAtZero)
+                        return Err(StreamError::NewEpochNotAtZero.into())
                     }
                     ProducerDecision::Gap { expected, received } => {
-                        return Err(StreamError::SequenceGap { expected, received })
+                        return Err(StreamError::SequenceGap { expected, received }.into())
                     }
                 }
             }
@@ -123,7 +184,8 @@ impl Engine {
                         return Err(StreamError::SeqRegression {
                             last: last.clone(),
                             given: given.clone(),
-                        });
+                        }
+                        .into());
                     }
                 }
                 append = append.with_stream_seq(given.clone());
@@ -149,9 +211,15 @@ impl Engine {
         let pending = self.storage.append(key, append);
         drop(writer);
         if let Err(e) = pending.await {
+            let conflict = matches!(e, StorageError::Conflict { .. } | StorageError::NotFound);
+            if conflict && self.shared {
+                // Another instance wrote first: learn what it wrote, decide again.
+                self.refresh(key, false).await;
+                return Err(Attempt::Conflict);
+            }
             tracing::error!(stream = %key, error = %e, "append failed; reloading stream state");
-            self.refresh(key).await;
-            return Err(StreamError::storage(e));
+            self.refresh(key, true).await;
+            return Err(StreamError::storage(e).into());
         }
         handle.touch_for(&config);
         // Wake live readers only if there are any: a reader that subscribes
@@ -252,18 +320,17 @@ impl Engine {
         }
     }
 
-    /// Reloads one stream's cached state from storage after a failed write.
-    async fn refresh(&self, key: &Key) {
+    /// Reloads one stream's cached state from storage after a conflicting or
+    /// (`failed`) a failed write: then every duplicate waiting on the failed
+    /// write gives up. If the reload fails too, the cache is marked stale and
+    /// the waiters are told all the same, so none waits forever.
+    async fn refresh(&self, key: &Key, failed: bool) {
         if let Some((handle, mut writer)) = self.registry.lock(key, false).await {
-            match self.storage.get(key).await {
-                Ok(record) => {
-                    writer.get_mut().record = record;
-                    handle.failures.fetch_add(1, Ordering::AcqRel);
-                    handle.publish(writer.get().record.as_ref());
-                }
-                Err(e) => {
-                    tracing::error!(stream = %key, error = %e, "could not reload stream state")
-                }
+            if failed {
+                handle.failures.fetch_add(1, Ordering::AcqRel);
+            }
+            if let Err(e) = self.reload_locked(key, &handle, &mut writer).await {
+                tracing::error!(stream = %key, error = %e, "could not reload stream state");
             }
         }
     }

@@ -9,7 +9,9 @@ use super::rules::{check_content_type, check_expiry};
 use super::{CreateRequest, Created, Engine, ForkRequest, Key, StreamError};
 use crate::protocol::DEFAULT_CONTENT_TYPE;
 use crate::protocol::{is_json, json_prefix_len, json_to_wire, same_media_type, EmptyArray};
-use crate::storage::{CreateOutcome, Cut, Expiry, ForkOrigin, StreamConfig, StreamRecord};
+use crate::storage::{
+    CreateOutcome, Cut, Expiry, ForkOrigin, StorageError, StreamConfig, StreamRecord,
+};
 
 impl Engine {
     /// Creates a stream or a fork (`PUT`).
@@ -45,6 +47,10 @@ impl Engine {
             .lock(key, true)
             .await
             .ok_or(StreamError::NotFound)?;
+        if let Err(e) = self.sync_locked(key, &handle, &mut writer).await {
+            self.registry.forget_locked(key, &handle, &writer);
+            return Err(e);
+        }
         let result = match existing_live(&writer) {
             Err(e) => Err(e),
             Ok(Some(existing)) => matches_existing(
@@ -75,11 +81,21 @@ impl Engine {
         initial: Bytes,
     ) -> Result<Created, StreamError> {
         self.check_size(record.tail + initial.len() as u64)?;
-        match self
+        let outcome = match self
             .storage
             .create(key, record.clone(), initial.clone())
-            .await?
+            .await
         {
+            Ok(outcome) => outcome,
+            // A shared store found the fork source soft-deleted meanwhile.
+            Err(StorageError::Conflict { .. }) if record.config.fork.is_some() => {
+                return Err(StreamError::Conflict(
+                    "the fork source has been deleted".into(),
+                ))
+            }
+            Err(e) => return Err(StreamError::storage(e)),
+        };
+        match outcome {
             CreateOutcome::Created => {
                 let mut record = record;
                 record.tail += initial.len() as u64;
@@ -122,6 +138,7 @@ impl Engine {
             ));
         }
         // Lock both streams in key order so concurrent forks cannot deadlock.
+        self.find(&fork.source).await?;
         let (target, source) = if *key < fork.source {
             let target = self
                 .registry
@@ -139,9 +156,21 @@ impl Engine {
             (target, source)
         };
         let (handle, mut writer) = target;
-        let result = self
-            .create_fork_locked(key, &fork, &request, &handle, &mut writer, source)
-            .await;
+        let mut source = source;
+        let synced = match source.as_mut() {
+            Some((source_handle, source_writer)) => {
+                self.sync_locked(&fork.source, source_handle, source_writer)
+                    .await
+            }
+            None => Ok(()),
+        };
+        let result = match synced.and(self.sync_locked(key, &handle, &mut writer).await) {
+            Ok(()) => {
+                self.create_fork_locked(key, &fork, &request, &handle, &mut writer, source)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         self.registry.forget_locked(key, &handle, &writer);
         result
     }

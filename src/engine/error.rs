@@ -83,6 +83,14 @@ pub enum StreamError {
     /// The storage backend is out of room; nothing was written (507).
     #[error("the storage backend is full; nothing was written")]
     Full,
+    /// The storage backend cannot be reached right now; nothing was written
+    /// and the request may be retried (503 with `Retry-After`).
+    #[error("storage is unavailable; retry shortly")]
+    Unavailable(#[source] StorageError),
+    /// Other instances kept changing the stream while this one tried to
+    /// append; nothing was written (503 with `Retry-After`).
+    #[error("the stream is changing too fast to append to; retry shortly")]
+    Contended,
     /// The storage layer failed (500).
     #[error("storage failure")]
     Storage(#[source] StorageError),
@@ -107,6 +115,7 @@ impl From<StorageError> for StreamError {
     fn from(error: StorageError) -> Self {
         match error {
             StorageError::Full => StreamError::Full,
+            e @ StorageError::Unavailable(_) => StreamError::Unavailable(e),
             other => StreamError::Storage(other),
         }
     }

@@ -9,17 +9,18 @@ use tokio_util::sync::CancellationToken;
 
 use super::registry::{Handle, OwnedWriter};
 use super::{Deleted, Engine, Key, StreamError};
+use crate::storage::{Expiry, SharedStorage};
 
 impl Engine {
     /// Deletes a stream (`DELETE`): soft if forks still read through it.
     pub(crate) async fn delete(&self, key: &Key) -> Result<Deleted, StreamError> {
         self.ready().await?;
         self.expire(key).await?;
-        let (handle, writer) = self
-            .registry
-            .lock(key, false)
-            .await
+        let (handle, mut writer) = self
+            .lock_existing(key)
+            .await?
             .ok_or(StreamError::NotFound)?;
+        self.sync_locked(key, &handle, &mut writer).await?;
         match writer.get().record.as_ref() {
             None => return Err(StreamError::NotFound),
             Some(r) if r.soft_deleted => return Err(StreamError::Gone),
@@ -35,6 +36,22 @@ impl Engine {
         handle: &Arc<Handle>,
         mut writer: OwnedWriter,
     ) -> Result<Deleted, StreamError> {
+        if self.shared {
+            // Only the database knows every fork: it soft-deletes or removes
+            // (and removes sources this leaves unreferenced); read back which.
+            self.storage
+                .delete(key)
+                .await
+                .map_err(StreamError::storage)?;
+            self.reload_locked(key, handle, &mut writer).await?;
+            let soft = writer.get().record.as_ref().is_some_and(|r| r.soft_deleted);
+            self.registry.forget_locked(key, handle, &writer);
+            return Ok(if soft {
+                Deleted::SoftDeleted
+            } else {
+                Deleted::Removed
+            });
+        }
         let w = writer.get_mut();
         let Some(record) = w.record.clone() else {
             return Err(StreamError::NotFound);
@@ -87,6 +104,21 @@ impl Engine {
 
     /// Deletes `key` if it has expired.
     pub(super) async fn expire(&self, key: &Key) -> Result<(), StreamError> {
+        if let Some(shared) = self.storage.shared() {
+            // This instance's clock only says when to ask: another instance may
+            // have used the stream since. The shared clock decides.
+            let due = self.registry.existing(key).is_some_and(|handle| {
+                let view = handle.view.borrow().clone();
+                view.config
+                    .as_ref()
+                    .is_some_and(|c| !view.soft_deleted && handle.expired(c))
+            });
+            if due && shared.expire(key).await.map_err(StreamError::storage)? {
+                tracing::debug!(stream = %key, "stream expired");
+                self.reload(key).await;
+            }
+            return Ok(());
+        }
         let Some((handle, writer)) = self.registry.lock(key, false).await else {
             return Ok(());
         };
@@ -104,6 +136,9 @@ impl Engine {
 
     /// Removes every stream whose time has come; returns how many were due.
     pub(crate) async fn sweep(&self) -> usize {
+        if let Some(shared) = self.storage.shared() {
+            return self.sweep_shared(shared).await;
+        }
         let due = self.registry.scan(|handle, config| handle.expired(config));
         for key in &due {
             if let Err(e) = self.expire(key).await {
@@ -113,6 +148,55 @@ impl Engine {
         due.len()
     }
 }
+
+impl Engine {
+    /// Shared storage: reports this instance's use of streams with sliding
+    /// TTLs, then, if this instance holds the sweep lease, expires what the
+    /// shared clock says is due.
+    async fn sweep_shared(&self, shared: &dyn SharedStorage) -> usize {
+        let used: Vec<String> = self
+            .registry
+            .scan(|handle, config| matches!(config.expiry, Expiry::Ttl(_)) && handle.take_use())
+            .into_iter()
+            .map(|key| key.as_str().to_owned())
+            .collect();
+        if !used.is_empty() {
+            if let Err(e) = shared.touch(&used).await {
+                tracing::warn!(error = %e, streams = used.len(), "could not record stream use");
+            }
+        }
+        match shared.lead("expiry").await {
+            Ok(true) => {}
+            Ok(false) => return 0,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not ask for the sweep lease");
+                return 0;
+            }
+        }
+        let due = match shared.expired(SWEEP_BATCH).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list expired streams");
+                return 0;
+            }
+        };
+        let mut expired = 0;
+        for key in due {
+            match shared.expire(&key).await {
+                Ok(true) => {
+                    expired += 1;
+                    self.reload(&Key::trusted(key)).await;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(stream = %key, error = %e, "could not expire stream"),
+            }
+        }
+        expired
+    }
+}
+
+/// The most streams one shared sweep expires.
+const SWEEP_BATCH: usize = 1024;
 
 /// The task that removes expired streams nobody touches.
 ///

@@ -24,6 +24,7 @@ mod producer;
 mod read;
 mod registry;
 mod rules;
+mod sync;
 
 pub use error::StreamError;
 pub(crate) use rules::Key;
@@ -211,6 +212,8 @@ impl Default for Limits {
 /// The protocol engine over one storage backend.
 pub(crate) struct Engine {
     storage: Arc<dyn Storage>,
+    /// Several instances share the storage: it, not this cache, is the truth.
+    shared: bool,
     registry: Registry,
     loaded: OnceCell<()>,
     limits: Limits,
@@ -234,16 +237,31 @@ impl Engine {
         limits: Limits,
         shutdown: &CancellationToken,
     ) -> Arc<Self> {
-        Arc::new_cyclic(|weak| Engine {
-            storage,
-            registry: Registry::default(),
-            loaded: OnceCell::new(),
-            sweeper: Sweeper::new(weak.clone(), limits.sweep_interval, shutdown.child_token()),
-            limits: Limits {
-                max_read_bytes: limits.max_read_bytes.max(1),
-                ..limits
-            },
+        Arc::new_cyclic(|weak| {
+            let shared = match storage.shared() {
+                Some(shared) => {
+                    shared.watch(Arc::new(sync::Sink(weak.clone())));
+                    true
+                }
+                None => false,
+            };
+            Engine {
+                shared,
+                storage,
+                registry: Registry::default(),
+                loaded: OnceCell::new(),
+                sweeper: Sweeper::new(weak.clone(), limits.sweep_interval, shutdown.child_token()),
+                limits: Limits {
+                    max_read_bytes: limits.max_read_bytes.max(1),
+                    ..limits
+                },
+            }
         })
+    }
+
+    /// Whether the storage can serve writes now.
+    pub(crate) async fn health(&self) -> Result<(), StreamError> {
+        self.storage.health().await.map_err(StreamError::storage)
     }
 
     fn check_size(&self, tail: u64) -> Result<(), StreamError> {

@@ -14,7 +14,7 @@ impl Engine {
     /// Reads from `from` (`GET`), renewing the stream's TTL.
     pub(crate) async fn read(&self, key: &Key, from: ReadFrom) -> Result<ReadResult, StreamError> {
         self.ready().await?;
-        let (handle, view) = self.live_view(key).await?;
+        let (handle, view) = self.live_view(key, true).await?;
         let config = view.config.clone().ok_or(StreamError::NotFound)?;
         if view.soft_deleted {
             return Err(StreamError::Gone);
@@ -87,8 +87,8 @@ impl Engine {
                 seg_to = seg_to.min(fork.position);
                 // A source can only vanish if the fork was deleted meanwhile.
                 let source = self
-                    .registry
-                    .existing(&fork.source)
+                    .find(&Key::trusted(fork.source.clone()))
+                    .await?
                     .and_then(|h| h.view.borrow().config.clone())
                     .ok_or(StreamError::NotFound)?;
                 seg_key = Cow::Owned(fork.source);
@@ -124,7 +124,7 @@ impl Engine {
     /// A stream's metadata, for `HEAD`. Does not renew a TTL.
     pub(crate) async fn head(&self, key: &Key) -> Result<View, StreamError> {
         self.ready().await?;
-        let (_, view) = self.live_view(key).await?;
+        let (_, view) = self.live_view(key, true).await?;
         match view.config {
             None => Err(StreamError::NotFound),
             Some(_) if view.soft_deleted => Err(StreamError::Gone),
@@ -136,9 +136,7 @@ impl Engine {
     /// A stream with subscribers does not expire.
     pub(crate) async fn subscribe(&self, key: &Key) -> Result<watch::Receiver<View>, StreamError> {
         self.ready().await?;
-        self.registry
-            .existing(key)
-            .map(|h| h.view.subscribe())
-            .ok_or(StreamError::NotFound)
+        let handle = self.find(key).await?.ok_or(StreamError::NotFound)?;
+        Ok(handle.view.subscribe())
     }
 }

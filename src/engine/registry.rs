@@ -45,6 +45,11 @@ pub(super) struct Handle {
     detached: AtomicBool,
     /// Appends that failed in storage; duplicates waiting on them give up.
     pub failures: AtomicU64,
+    /// The cached record may differ from storage (a write failed and could not
+    /// be reloaded): reload before deciding anything on it.
+    pub stale: AtomicBool,
+    /// Used since its use was last reported to a shared store.
+    unreported_use: AtomicBool,
 }
 
 impl Handle {
@@ -56,7 +61,26 @@ impl Handle {
             last_access_ms: AtomicU64::new(now_ms()),
             detached: AtomicBool::new(false),
             failures: AtomicU64::new(0),
+            stale: AtomicBool::new(false),
+            // Looking a stream up is no use of it: nothing to report yet.
+            unreported_use: AtomicBool::new(false),
         })
+    }
+
+    /// A write failed and the record could not be reloaded: the cache is no
+    /// longer trusted, and every duplicate waiting on earlier writes is woken
+    /// to give up, whatever happens next.
+    pub fn failed(&self) {
+        self.stale.store(true, Ordering::Release);
+        self.failures.fetch_add(1, Ordering::AcqRel);
+        self.view.send_modify(|_| {});
+    }
+
+    /// Whether the stream was used since its use was last reported, or has
+    /// live readers (which keep it alive); marks it reported.
+    pub fn take_use(&self) -> bool {
+        let used = self.unreported_use.swap(false, Ordering::Relaxed);
+        used || self.view.receiver_count() > 0
     }
 
     pub fn publish(&self, record: Option<&StreamRecord>) {
@@ -65,6 +89,7 @@ impl Handle {
 
     pub fn touch(&self) {
         self.last_access_ms.store(now_ms(), Ordering::Relaxed);
+        self.unreported_use.store(true, Ordering::Relaxed);
     }
 
     /// Renews a sliding TTL; streams without one skip the clock read.
@@ -136,6 +161,17 @@ impl Registry {
             .unwrap_or_else(|e| e.into_inner())
             .entry(key.clone())
             .or_insert_with(|| Handle::new(None, 0))
+            .clone()
+    }
+
+    /// The handle of `key`, made from `record` (read from storage) unless
+    /// another task cached one first.
+    pub fn adopt(&self, key: &Key, record: StreamRecord) -> Arc<Handle> {
+        self.shard(key)
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_insert_with(|| Handle::new(Some(record), 0))
             .clone()
     }
 
@@ -212,6 +248,11 @@ impl Registry {
 impl Engine {
     /// Fills the registry from storage and finishes clean-ups a crash left.
     pub(super) async fn load(&self) -> Result<(), StreamError> {
+        if self.shared {
+            // The database is the truth and may hold millions of streams:
+            // they are looked up as they are used.
+            return Ok(());
+        }
         let all = self.storage.load().await?;
         let mut refs: HashMap<&str, u64> = HashMap::new();
         for (_, record) in &all {
@@ -241,8 +282,17 @@ impl Engine {
         Ok(())
     }
 
-    /// The current view of `key`, after expiring it if its time has come.
-    pub(super) async fn live_view(&self, key: &Key) -> Result<(Arc<Handle>, View), StreamError> {
+    /// The current view of `key`, after expiring it if its time has come; with
+    /// `sync`, first brought up to date with storage (shared storage).
+    pub(super) async fn live_view(
+        &self,
+        key: &Key,
+        sync: bool,
+    ) -> Result<(Arc<Handle>, View), StreamError> {
+        let handle = self.find(key).await?.ok_or(StreamError::NotFound)?;
+        if sync {
+            self.sync_view(key, &handle).await?;
+        }
         let handle = self.registry.existing(key).ok_or(StreamError::NotFound)?;
         let view = handle.view.borrow().clone();
         let config = view.config.as_ref().ok_or(StreamError::NotFound)?;

@@ -97,6 +97,12 @@ impl DurableStreamsService {
         self.inner.engine.ready().await
     }
 
+    /// Whether the storage can serve writes now (a database is reachable, a
+    /// file writer is running): what a host's readiness check should ask.
+    pub async fn health(&self) -> Result<(), StreamError> {
+        self.inner.engine.health().await
+    }
+
     /// A handle to create, append to, close and read streams from host code,
     /// sharing this service's engine: appends made through it wake the
     /// service's live HTTP readers at once. See [`Streams`].

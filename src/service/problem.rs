@@ -116,6 +116,8 @@ impl StreamError {
                 (StatusCode::PAYLOAD_TOO_LARGE, "STREAM_TOO_LARGE")
             }
             StreamError::Full => (StatusCode::INSUFFICIENT_STORAGE, "STORAGE_FULL"),
+            StreamError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "STORAGE_UNAVAILABLE"),
+            StreamError::Contended => (StatusCode::SERVICE_UNAVAILABLE, "STREAM_CONTENDED"),
             StreamError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "STORAGE_ERROR"),
         }
     }
@@ -143,6 +145,11 @@ impl From<StreamError> for Problem {
             StreamError::SequenceGap { expected, received } => problem
                 .header(PRODUCER_EXPECTED_SEQ, expected)
                 .header(PRODUCER_RECEIVED_SEQ, received),
+            StreamError::Unavailable(e) => {
+                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "storage unavailable");
+                problem.header(http::header::RETRY_AFTER, 1)
+            }
+            StreamError::Contended => problem.header(http::header::RETRY_AFTER, 1),
             _ => problem,
         }
     }

@@ -18,7 +18,12 @@ mod codec;
 mod file;
 mod memory;
 mod plan;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod queue;
+mod shared;
+#[cfg(feature = "postgres")]
+pub use self::postgres::{PostgresConfig, PostgresStats, PostgresStorage};
 #[cfg(feature = "redb")]
 mod redb;
 #[cfg(feature = "redb")]
@@ -28,6 +33,7 @@ pub mod testkit;
 pub use file::{Durability, FileStats, FileStorage};
 pub use memory::MemoryStorage;
 pub use plan::{RangePlan, Take};
+pub use shared::{Change, ChangeSink, SharedStorage};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -354,6 +360,10 @@ pub enum StorageError {
     /// An I/O error.
     #[error("storage I/O error")]
     Io(#[from] std::io::Error),
+    /// The backend cannot be reached right now (a database restart, a network
+    /// failure); nothing was written and the request may be retried (503).
+    #[error("storage is unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Any other backend error.
     #[error("storage backend error")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -429,7 +439,26 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn soft_delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()>;
 
     /// Removes the stream and frees its space.
+    ///
+    /// A backend that several instances share decides itself, atomically
+    /// against fork creation, whether forks still read through the stream: it
+    /// then soft-deletes it instead, removes soft-deleted sources whose last
+    /// fork this delete removed, and the engine reads the record back to learn
+    /// which it did. In-process backends simply remove (their engine knows
+    /// every fork).
     fn delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()>;
+
+    /// What the backend offers when several service instances share it; `None`
+    /// (the default) for a backend that one process owns.
+    fn shared(&self) -> Option<&dyn SharedStorage> {
+        None
+    }
+
+    /// Whether the backend can serve writes now: `/readyz`-style checks call
+    /// it. Defaults to always.
+    fn health(&self) -> StorageFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A shared store is a store: `Arc<MemoryStorage>`, `Arc<dyn Storage>` and the
@@ -474,5 +503,13 @@ impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
 
     fn delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()> {
         (**self).delete(key)
+    }
+
+    fn shared(&self) -> Option<&dyn SharedStorage> {
+        (**self).shared()
+    }
+
+    fn health(&self) -> StorageFuture<'_, ()> {
+        (**self).health()
     }
 }

@@ -17,14 +17,7 @@ pub fn server_binary() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--features",
-            "redb,metrics",
-            "--example",
-            "server",
-        ])
+        .args(["build", "--quiet", "--all-features", "--example", "server"])
         .current_dir(manifest)
         .status()
         .expect("run cargo build");
