@@ -197,10 +197,19 @@ impl Engine {
                     .map(|p| ProducerTuple::new(p.id.clone(), p.epoch, p.seq));
                 append = append.closing(by);
             }
+            if self.shared && self.limits.max_stream_bytes == u64::MAX {
+                // Nothing here depends on the exact tail (no size limit to
+                // check): other instances' appends need not make this one
+                // conflict, as long as what it was decided on is unchanged.
+                let prior = request
+                    .producer
+                    .as_ref()
+                    .and_then(|p| record.producers.get(&p.id).copied());
+                append = append.at_tail(prior, record.stream_seq.clone());
+            }
             (append, record.tail)
         };
-        let new_tail = tail + append.data.len() as u64;
-        self.check_size(new_tail)?;
+        self.check_size(tail + append.data.len() as u64)?;
         let closed = append.close.is_some();
         let stream_id = append.stream_id;
         if let Some(r) = writer.get_mut().record.as_mut() {
@@ -210,17 +219,10 @@ impl Engine {
         // backend with group commit can batch this stream's next appends.
         let pending = self.storage.append(key, append);
         drop(writer);
-        if let Err(e) = pending.await {
-            let conflict = matches!(e, StorageError::Conflict { .. } | StorageError::NotFound);
-            if conflict && self.shared {
-                // Another instance wrote first: learn what it wrote, decide again.
-                self.refresh(key, false).await;
-                return Err(Attempt::Conflict);
-            }
-            tracing::error!(stream = %key, error = %e, "append failed; reloading stream state");
-            self.refresh(key, true).await;
-            return Err(StreamError::storage(e).into());
-        }
+        let new_tail = match pending.await {
+            Ok(tail) => tail,
+            Err(e) => return Err(self.append_failed(key, e).await),
+        };
         handle.touch_for(&config);
         // Wake live readers only if there are any: a reader that subscribes
         // later reads the updated view itself (the count is read under the
@@ -240,6 +242,23 @@ impl Engine {
             closed,
             producer: request.producer.as_ref().map(|p| (p.epoch, p.seq)),
         })
+    }
+
+    /// What a failed storage append means: with shared storage, a conflict
+    /// (another instance wrote first) is learnt and decided again; anything
+    /// else reloads the stream's state and is the answer.
+    async fn append_failed(&self, key: &Key, error: StorageError) -> Attempt {
+        let conflict = matches!(
+            error,
+            StorageError::Conflict { .. } | StorageError::NotFound
+        );
+        if conflict && self.shared {
+            self.refresh(key, false).await;
+            return Attempt::Conflict;
+        }
+        tracing::error!(stream = %key, error = %error, "append failed; reloading stream state");
+        self.refresh(key, true).await;
+        Attempt::Refused(StreamError::storage(error))
     }
 
     /// Answers an append to a closed stream (section 5.2.1): the retry of the

@@ -355,14 +355,7 @@ pub async fn import<R: AsyncBufRead + Unpin>(
                     .decode(data)
                     .map_err(|e| bad(number, e.to_string()))?;
                 if !*skip {
-                    let append = Append {
-                        stream_id: stream.id,
-                        expected_tail: *position,
-                        data: Bytes::from(bytes.clone()),
-                        stream_seq: None,
-                        producer: None,
-                        close: None,
-                    };
+                    let append = Append::new(stream.id, *position, Bytes::from(bytes.clone()));
                     storage.append(&stream.path, append).await?;
                 }
                 *position += bytes.len() as u64;
@@ -399,13 +392,10 @@ async fn restore_state(storage: &dyn Storage, stream: &StreamLine) -> Result<(),
     let id = stream.id;
     let state = |producer: Option<(String, ProducerState)>,
                  stream_seq: Option<String>,
-                 close: Option<Option<ProducerTuple>>| Append {
-        stream_id: id,
-        expected_tail: stream.tail,
-        data: Bytes::new(),
-        stream_seq,
-        producer,
-        close,
+                 close: Option<Option<ProducerTuple>>| {
+        let mut append = Append::new(id, stream.tail, Bytes::new());
+        (append.stream_seq, append.producer, append.close) = (stream_seq, producer, close);
+        append
     };
     storage
         .append(&stream.path, state(None, stream.stream_seq.clone(), None))

@@ -281,14 +281,9 @@ pub(crate) fn get_append_state(r: &mut Reader<'_>, stream_id: u64) -> Result<App
         1 => Some(get_tuple(r)?),
         _ => return Err(corrupt("close")),
     };
-    Ok(Append {
-        stream_id,
-        expected_tail,
-        data: Bytes::new(),
-        stream_seq,
-        producer,
-        close,
-    })
+    let mut append = Append::new(stream_id, expected_tail, Bytes::new());
+    (append.stream_seq, append.producer, append.close) = (stream_seq, producer, close);
+    Ok(append)
 }
 
 #[cfg(test)]
@@ -338,20 +333,10 @@ mod tests {
 
     #[test]
     fn append_state_round_trips() {
-        let append = Append {
-            stream_id: 4,
-            expected_tail: 10,
-            data: Bytes::new(),
-            stream_seq: Some("a".into()),
-            producer: Some((
-                "p".into(),
-                ProducerState {
-                    epoch: 0,
-                    last_seq: 3,
-                },
-            )),
-            close: Some(None),
-        };
+        let append = Append::new(4, 10, Bytes::new())
+            .with_stream_seq("a")
+            .with_producer("p", ProducerState::new(0, 3))
+            .closing(None);
         let mut buf = BytesMut::new();
         put_append_state(&mut Writer(&mut buf), &append);
         assert_eq!(get_append_state(&mut Reader::new(&buf), 4).unwrap(), append);

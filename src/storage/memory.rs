@@ -236,7 +236,8 @@ impl Storage for MemoryStorage {
     }
 
     fn append(&self, key: &str, append: Append) -> AppendFuture {
-        let result = self.apply(key, append);
+        let end = append.end();
+        let result = self.apply(key, append).map(|()| end);
         Box::pin(async move { result })
     }
 

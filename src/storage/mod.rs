@@ -249,6 +249,20 @@ pub struct Append {
     pub producer: Option<(String, ProducerState)>,
     /// Close the stream with this append; `Some(tuple)` if a producer closed it.
     pub close: Option<Option<ProducerTuple>>,
+    /// The decision does not depend on the exact tail: a backend that several
+    /// instances share appends at its current tail (and reports where it
+    /// ended) instead of refusing a tail other than `expected_tail`, provided
+    /// the stream is still this incarnation, open and not deleted, and the
+    /// state the decision read is unchanged: the producer's (`prior_producer`)
+    /// when the append carries one, and `prior_stream_seq` when it carries a
+    /// `Stream-Seq`. In-process backends, whose single engine always knows the
+    /// tail, may ignore it.
+    pub at_tail: bool,
+    /// With `at_tail`: the producer's state the decision was made on (`None`:
+    /// the producer was new).
+    pub prior_producer: Option<ProducerState>,
+    /// With `at_tail`: the `Stream-Seq` the decision compared against.
+    pub prior_stream_seq: Option<String>,
 }
 
 impl Append {
@@ -271,7 +285,28 @@ impl Append {
             stream_seq: None,
             producer: None,
             close: None,
+            at_tail: false,
+            prior_producer: None,
+            prior_stream_seq: None,
         }
+    }
+
+    /// Lets a shared backend place the append at its current tail, given the
+    /// state the decision read (see [`Append::at_tail`]).
+    pub fn at_tail(
+        mut self,
+        prior_producer: Option<ProducerState>,
+        prior_stream_seq: Option<String>,
+    ) -> Self {
+        self.at_tail = true;
+        self.prior_producer = prior_producer;
+        self.prior_stream_seq = prior_stream_seq;
+        self
+    }
+
+    /// Where the stream ends after this append, if it lands at `expected_tail`.
+    pub fn end(&self) -> u64 {
+        self.expected_tail + self.data.len() as u64
     }
 
     /// Records `Stream-Seq` with the append.
@@ -369,8 +404,9 @@ pub enum StorageError {
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Resolves once an append is durable (and may then become visible to readers).
-pub type AppendFuture = Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + 'static>>;
+/// Resolves once an append is durable (and may then become visible to
+/// readers), with the stream's tail after it.
+pub type AppendFuture = Pin<Box<dyn Future<Output = Result<u64, StorageError>> + Send + 'static>>;
 
 /// A boxed future returned by the object-safe async methods of [`Storage`].
 pub type StorageFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send + 'a>>;
@@ -418,7 +454,9 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     ) -> StorageFuture<'a, CreateOutcome>;
 
     /// Orders `append` after every append submitted before it for this stream and
-    /// returns a future that resolves once it is durable.
+    /// returns a future that resolves once it is durable, with the stream's
+    /// tail after it ([`Append::end`] unless a shared backend placed an
+    /// [`at_tail`](Append::at_tail) append elsewhere).
     fn append(&self, key: &str, append: Append) -> AppendFuture;
 
     /// Reads the stream's own bytes in `from..to`, up to about `max_bytes`.

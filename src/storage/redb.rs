@@ -477,6 +477,7 @@ impl Storage for RedbStorage {
 
     fn append(&self, key: &str, append: Append) -> AppendFuture {
         let (tx, rx) = oneshot::channel();
+        let end = append.end();
         let submitted = self.submit(
             key,
             Op::Append {
@@ -485,7 +486,8 @@ impl Storage for RedbStorage {
                 reply: tx,
             },
         );
-        answer(submitted, rx)
+        let durable = answer(submitted, rx);
+        Box::pin(async move { durable.await.map(|()| end) })
     }
 
     fn read<'a>(

@@ -250,8 +250,11 @@ pub async fn appends_are_pipelined(store: impl Storage) {
     // expecting the tail the others leave, is not.
     let stale = store.append("/s", append(1, 0, b"stale"));
     let after = store.append("/s", Append::new(1, tail, Bytes::from_static(b"!")));
+    let mut end = 0;
     for (i, future) in pending.into_iter().enumerate() {
-        future.await.unwrap_or_else(|e| panic!("append {i}: {e}"));
+        let tail = future.await.unwrap_or_else(|e| panic!("append {i}: {e}"));
+        end += u64::from(i as u8) + 1;
+        assert_eq!(tail, end, "append {i} reports the tail after it");
     }
     assert!(matches!(
         stale.await,
@@ -357,7 +360,7 @@ pub async fn full_is_refused(store: impl Storage) {
         assert!(tail < 1024, "the store never reported Full");
         let data = Bytes::from(vec![b'a' + (tail / 16 % 26) as u8; 16]);
         match store.append("/s", Append::new(1, tail, data.clone())).await {
-            Ok(()) => {
+            Ok(_) => {
                 written.extend_from_slice(&data);
                 tail += 16;
             }

@@ -1,6 +1,8 @@
 //! Helpers for driving the service with `tower::ServiceExt::oneshot`, no socket.
 #![allow(dead_code)]
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod process;
 
 use bytes::Bytes;

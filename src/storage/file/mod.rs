@@ -283,12 +283,14 @@ impl Storage for FileStorage {
     fn append(&self, key: &str, append: Append) -> AppendFuture {
         let (reply, rx) = oneshot::channel();
         self.shared.stats.operations.fetch_add(1, Ordering::Relaxed);
+        let end = append.end();
         let submitted = self.submit(Op::Append {
             key: key.to_owned(),
             append,
             reply,
         });
-        answer(submitted, rx)
+        let durable = answer(submitted, rx);
+        Box::pin(async move { durable.await.map(|()| end) })
     }
 
     fn read<'a>(

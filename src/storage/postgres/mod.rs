@@ -292,8 +292,10 @@ impl PostgresStorage {
             stats: stats.clone(),
             stop: stop.clone(),
         });
+        let mut listener_config = pg;
+        listener_config.application_name("tower-durable-streams-listener");
         listen::start(listen::Settings {
-            config: pg,
+            config: listener_config,
             channel: channel.clone(),
             instance: instance.clone(),
             sinks: sinks.clone(),

@@ -72,46 +72,66 @@ BEGIN
     END LOOP;
 END $$;
 
--- One conditional append: applied only if the stream is incarnation p_id at
--- tail p_expected, open and not deleted. Status 0: applied (tail is the new
--- tail); 1: conflict (tail is the stored tail); 2: no such incarnation.
+-- One conditional append. It needs the stream to be incarnation p_id, open
+-- and not deleted, and then either its tail to be p_expected or, with
+-- p_at_tail, the state the engine decided on to be unchanged (the producer's
+-- epoch and sequence, the Stream-Seq): then it lands at the current tail.
+-- Status 0: applied (tail is the new tail); 1: conflict (tail is the stored
+-- tail); 2: no such incarnation.
 CREATE FUNCTION ds_append(
     p_key text, p_id bigint, p_expected bigint, p_data bytea, p_seq text,
     p_producer text, p_epoch bigint, p_last_seq bigint,
     p_close boolean, p_closed_id text, p_closed_epoch bigint, p_closed_seq bigint,
-    p_chunk int, OUT status smallint, OUT tail bigint)
+    p_chunk int, p_at_tail boolean, p_prior_epoch bigint, p_prior_last_seq bigint,
+    p_prior_seq text, OUT status smallint, OUT tail bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     current record;
+    prior record;
+    at bigint;
 BEGIN
+    SELECT s.tail, s.closed, s.soft_deleted, s.stream_seq INTO current
+    FROM ds_streams AS s WHERE s.key = p_key AND s.id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        status := 2; tail := 0; RETURN;
+    END IF;
+    status := 1; tail := current.tail;
+    IF current.closed OR current.soft_deleted THEN RETURN; END IF;
+    IF p_at_tail THEN
+        IF p_seq IS NOT NULL AND current.stream_seq IS DISTINCT FROM p_prior_seq THEN
+            RETURN;
+        END IF;
+        IF p_producer IS NOT NULL THEN
+            SELECT epoch, last_seq INTO prior FROM ds_producers
+            WHERE stream_id = p_id AND producer = p_producer;
+            IF FOUND IS DISTINCT FROM (p_prior_epoch IS NOT NULL)
+                OR (FOUND AND (prior.epoch, prior.last_seq) <> (p_prior_epoch, p_prior_last_seq)) THEN
+                RETURN;
+            END IF;
+        END IF;
+        at := current.tail;
+    ELSIF current.tail <> p_expected THEN
+        RETURN;
+    ELSE
+        at := p_expected;
+    END IF;
     UPDATE ds_streams AS s SET
-        tail = s.tail + length(p_data),
+        tail = at + length(p_data),
         stream_seq = coalesce(p_seq, s.stream_seq),
         closed = s.closed OR p_close,
         closed_by_id = CASE WHEN p_close THEN p_closed_id ELSE s.closed_by_id END,
         closed_by_epoch = CASE WHEN p_close THEN p_closed_epoch ELSE s.closed_by_epoch END,
         closed_by_seq = CASE WHEN p_close THEN p_closed_seq ELSE s.closed_by_seq END,
         last_access = now()
-    WHERE s.key = p_key AND s.id = p_id AND s.tail = p_expected
-        AND NOT s.closed AND NOT s.soft_deleted
-    RETURNING s.tail INTO tail;
-    IF NOT FOUND THEN
-        SELECT s.id, s.tail INTO current FROM ds_streams AS s WHERE s.key = p_key;
-        IF NOT FOUND OR current.id <> p_id THEN
-            status := 2; tail := 0;
-        ELSE
-            status := 1; tail := current.tail;
-        END IF;
-        RETURN;
-    END IF;
-    PERFORM ds_put_data(p_id, p_expected, p_data, p_chunk);
+    WHERE s.key = p_key;
+    PERFORM ds_put_data(p_id, at, p_data, p_chunk);
     IF p_producer IS NOT NULL THEN
         INSERT INTO ds_producers (stream_id, producer, epoch, last_seq)
         VALUES (p_id, p_producer, p_epoch, p_last_seq)
         ON CONFLICT (stream_id, producer)
         DO UPDATE SET epoch = EXCLUDED.epoch, last_seq = EXCLUDED.last_seq;
     END IF;
-    status := 0;
+    status := 0; tail := at + length(p_data);
 END $$;
 
 -- Creates a stream unless one exists at p_key. Status 0: created; 1: exists;

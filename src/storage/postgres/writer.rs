@@ -34,7 +34,7 @@ pub(super) struct Settings {
 struct Queued {
     key: String,
     append: Append,
-    reply: oneshot::Sender<Result<(), StorageError>>,
+    reply: oneshot::Sender<Result<u64, StorageError>>,
 }
 
 /// The queue into the writer task.
@@ -134,7 +134,7 @@ async fn run(settings: Settings, mut rx: mpsc::UnboundedReceiver<Queued>) {
 async fn commit_with_retry(
     settings: &Settings,
     batch: &[Queued],
-) -> Result<Vec<Result<(), StorageError>>, StorageError> {
+) -> Result<Vec<Result<u64, StorageError>>, StorageError> {
     let mut attempt = 0;
     loop {
         match bounded(settings.timeout, commit(settings, batch)).await {
@@ -160,11 +160,12 @@ fn retryable(error: &(dyn std::error::Error + 'static)) -> bool {
 async fn commit(
     settings: &Settings,
     batch: &[Queued],
-) -> Result<Vec<Result<(), StorageError>>, StorageError> {
+) -> Result<Vec<Result<u64, StorageError>>, StorageError> {
     let mut client = settings.pool.get().await.map_err(pool_error)?;
     let statement = client
         .prepare_cached(
-            "SELECT status, tail FROM ds_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            "SELECT status, tail FROM ds_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+             $13, $14, $15, $16, $17)",
         )
         .await
         .map_err(unavailable_or_backend)?;
@@ -181,6 +182,7 @@ async fn commit(
             None => (None, None, None),
         };
         let closed_by = a.close.as_ref().and_then(Option::as_ref);
+        let prior = a.prior_producer.as_ref();
         let params = (
             queued.key.as_str(),
             a.stream_id as i64,
@@ -195,6 +197,10 @@ async fn commit(
             closed_by.map(|t| t.epoch as i64),
             closed_by.map(|t| t.seq as i64),
             settings.chunk_bytes,
+            a.at_tail,
+            prior.map(|p| p.epoch as i64),
+            prior.map(|p| p.last_seq as i64),
+            a.prior_stream_seq.as_deref(),
         );
         let transaction = &transaction;
         let statement = &statement;
@@ -205,7 +211,7 @@ async fn commit(
                     &[
                         &params.0, &params.1, &params.2, &params.3, &params.4, &params.5,
                         &params.6, &params.7, &params.8, &params.9, &params.10, &params.11,
-                        &params.12,
+                        &params.12, &params.13, &params.14, &params.15, &params.16,
                     ],
                 )
                 .await
@@ -225,7 +231,7 @@ async fn commit(
                     tail,
                     queued.append.close.is_some(),
                 ));
-                Ok(())
+                Ok(tail as u64)
             }
             1 => Err(StorageError::Conflict {
                 actual_tail: tail as u64,
