@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 #[cfg(feature = "postgres")]
+pub mod cluster;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod process;
 

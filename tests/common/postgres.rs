@@ -1,4 +1,4 @@
-//! A PostgreSQL schema of its own for each test, at `DS_TEST_POSTGRES_URL`
+//! A PostgreSQL schema of its own for each test, at `TEST_POSTGRES_URL`
 //! (default `postgres://postgres@127.0.0.1:5432/test`). Without a reachable
 //! database a test is skipped with a message, unless `CI` is set: then it
 //! fails.
@@ -10,7 +10,7 @@ use tokio_postgres::NoTls;
 use tower_durable_streams::storage::{PostgresConfig, PostgresStorage};
 
 pub fn url() -> String {
-    std::env::var("DS_TEST_POSTGRES_URL")
+    std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
@@ -49,7 +49,7 @@ pub async fn schema() -> Option<String> {
             }
             eprintln!(
                 "SKIPPED: PostgreSQL at {} is unreachable ({why}); start PostgreSQL or set \
-                 DS_TEST_POSTGRES_URL to run the PostgreSQL tests",
+                 TEST_POSTGRES_URL to run the PostgreSQL tests",
                 url()
             );
             return None;

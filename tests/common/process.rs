@@ -34,13 +34,29 @@ pub struct Server {
 }
 
 pub fn start(binary: &Path, mode: &str, dir: &Path) -> Server {
-    let mut child = Command::new(binary)
+    let dir = dir.display().to_string();
+    start_with(
+        binary,
+        &[
+            ("DS_STORAGE__MODE", mode),
+            ("DS_STORAGE__DATA_DIR", &dir),
+            ("DS_STORAGE__ACID_SHARD_COUNT", "4"),
+        ],
+    )
+}
+
+/// Starts the server with these settings (environment variables) on a free
+/// loopback port.
+pub fn start_with(binary: &Path, settings: &[(&str, &str)]) -> Server {
+    let mut command = Command::new(binary);
+    command
         .env("DS_SERVER__HOST", "127.0.0.1")
         .env("DS_SERVER__PORT", "0")
-        .env("DS_STORAGE__MODE", mode)
-        .env("DS_STORAGE__DATA_DIR", dir)
-        .env("DS_STORAGE__ACID_SHARD_COUNT", "4")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn");
+    for (name, value) in settings {
+        command.env(name, value);
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

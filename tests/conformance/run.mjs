@@ -7,7 +7,7 @@
 //   node tests/conformance/run.mjs postgres --instances 2
 //
 // File and acid modes get a fresh temporary data directory, postgres mode a
-// fresh schema in the database at DS_TEST_POSTGRES_URL (default
+// fresh schema in the database at TEST_POSTGRES_URL (default
 // postgres://postgres@127.0.0.1:5432/test); both are removed afterwards.
 // With --instances N (postgres only), N servers share that schema behind an
 // nginx round-robin load balancer with keep-alive off, so consecutive
@@ -41,7 +41,7 @@ const children = []
 let stopping = false
 let dataDir = null
 let nginxDir = null
-const pgUrl = process.env.DS_TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/test"
+const pgUrl = process.env.TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/test"
 const schema = `ds_conformance_${process.pid}`
 
 function psql(sql) {
