@@ -88,6 +88,10 @@ struct FanoutArgs {
     /// The server's process id, to report its RSS per idle subscriber.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// The writer appends through this instance (default: `--url`), while the
+    /// subscribers read through `--url`: cross-instance wake-ups.
+    #[arg(long)]
+    writer_url: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -129,6 +133,10 @@ struct AppendArgs {
     /// Content type of the streams.
     #[arg(long, default_value = "application/octet-stream")]
     content_type: String,
+    /// More instances serving the same streams (repeatable): connections are
+    /// spread round-robin over `--url` and these.
+    #[arg(long)]
+    also: Vec<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -262,13 +270,17 @@ async fn append(args: AppendArgs) -> Result<bool, String> {
             return Err(format!("creating {path} answered {status}"));
         }
     }
+    let mut targets = vec![target];
+    for url in &args.also {
+        targets.push(self::target(url)?);
+    }
     let body = Bytes::from(vec![b'x'; args.bytes]);
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..usize::from(args.connections) {
         let (paths, body, content_type) = (paths.clone(), body.clone(), args.content_type.clone());
-        let mut connection = Connection::open(&target).await?;
+        let mut connection = Connection::open(&targets[c % targets.len()]).await?;
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
@@ -599,7 +611,10 @@ async fn fanout(args: FanoutArgs) -> Result<bool, String> {
     }
     let target = target(&args.url)?;
     let path = format!("{}/loadgen-fanout-{:08x}", target.prefix, fastrand::u32(..));
-    let mut writer = Connection::open(&target).await?;
+    let mut writer = match &args.writer_url {
+        Some(url) => Connection::open(&self::target(url)?).await?,
+        None => Connection::open(&target).await?,
+    };
     let status = writer
         .send(Method::PUT, &path, "text/plain", Bytes::new())
         .await?;

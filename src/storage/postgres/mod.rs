@@ -504,8 +504,12 @@ impl Storage for PostgresStorage {
         cut: Cut,
     ) -> StorageFuture<'a, ReadChunk> {
         Box::pin(self.with_client(move |client| async move {
+            let statement = client
+                .prepare_cached("SELECT id, tail FROM ds_streams WHERE key = $1")
+                .await
+                .map_err(unavailable_or_backend)?;
             let id: Option<(i64, i64)> = client
-                .query_opt("SELECT id, tail FROM ds_streams WHERE key = $1", &[&key])
+                .query_opt(&statement, &[&key])
                 .await
                 .map_err(unavailable_or_backend)?
                 .map(|row| (row.get(0), row.get(1)));
@@ -533,11 +537,12 @@ impl Storage for PostgresStorage {
     fn delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()> {
         let payload = self.payload();
         Box::pin(self.with_client(move |client| async move {
+            let statement = client
+                .prepare_cached("SELECT ds_delete($1, $2, $3)")
+                .await
+                .map_err(unavailable_or_backend)?;
             let row = client
-                .query_one(
-                    "SELECT ds_delete($1, $2, $3)",
-                    &[&key, &self.inner.channel, &payload],
-                )
+                .query_one(&statement, &[&key, &self.inner.channel, &payload])
                 .await
                 .map_err(unavailable_or_backend)?;
             match row.get::<_, i16>(0) {
