@@ -35,7 +35,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts one server of storage mode $1 (log in $work/server-$2); prints its URL.
+# Starts one server of storage mode $1 (log in $work/server-$2); sets $url.
 start() {
   local mode=$1 n=$2
   DS_SERVER__HOST=127.0.0.1 DS_SERVER__PORT=0 DS_STORAGE__MODE=$mode \
@@ -44,10 +44,8 @@ start() {
     "${pin_server[@]}" "$bin/server" >"$work/out-$n" 2>"$work/server-$n" &
   pids+=($!)
   for _ in $(seq 100); do grep -q listening "$work/out-$n" && break; sleep 0.1; done
-  local url
   url=$(sed -n 's/^listening on \(http:[^ ]*\)\/$/\1/p' "$work/out-$n")
   for _ in $(seq 100); do curl -sf "${url%/v1/stream}/readyz" >/dev/null && break; sleep 0.1; done
-  echo "$url"
 }
 
 stop_all() {
@@ -81,25 +79,25 @@ PY
 }
 
 # Appends: 64 writers over 64 streams.
-url=$(start file-durable 0)
+start file-durable 0
 result=$(load append --url "$url" --connections 64 --streams 64 --bytes 1024 --seconds "$secs")
 stop_all
 append_row "appends 64x64, 1 KiB" "file-durable, 1 instance" "$result" "$(summary 0)"
 
-url=$(start postgres 0)
+start postgres 0
 result=$(load append --url "$url" --connections 64 --streams 64 --bytes 1024 --seconds "$secs")
 stop_all
 append_row "appends 64x64, 1 KiB" "postgres, 1 instance" "$result" "$(summary 0)"
 
-a=$(start postgres 0)
-b=$(start postgres 1)
+start postgres 0; a=$url
+start postgres 1; b=$url
 result=$(load append --url "$a" --also "$b" --connections 64 --streams 64 --bytes 1024 --seconds "$secs")
 stop_all
 append_row "appends 64x64, 1 KiB" "postgres, 2 instances" "$result" "$(summary 0); $(summary 1)"
 
 # Catch-up: 64 MiB in 64 KiB appends, 4 readers.
 for mode in file-durable postgres; do
-  url=$(start $mode 0)
+  start $mode 0
   result=$(load catchup --url "$url" --megabytes 64 --append-bytes 65536 --readers 4 --seconds "$secs")
   stop_all
   python3 - "$mode" "$result" "$(cat "$work/cpu")" <<'PY'
@@ -112,8 +110,8 @@ PY
 done
 
 # Wake-ups: 1,000 SSE readers on instance B, 20 appends/s made on instance A.
-a=$(start postgres 0)
-b=$(start postgres 1)
+start postgres 0; a=$url
+start postgres 1; b=$url
 result=$(load fanout --url "$b" --writer-url "$a" --subscribers 1000 --rate 20 --seconds "$secs" --mode sse)
 stop_all
 python3 - "$result" "$(cat "$work/cpu")" <<'PY'

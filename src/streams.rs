@@ -404,7 +404,10 @@ impl Streams {
                 _ => return Err(StreamError::NotFound),
             }
             if view.tail > position || view.closed {
-                let read = self.engine.read_at(&key, &config, position, &view).await?;
+                let read = self
+                    .engine
+                    .read_live(&key, &config, position, &view)
+                    .await?;
                 return Ok(Chunk::of(read));
             }
         }

@@ -10,6 +10,17 @@ use super::{Engine, Key, ReadResult, StreamError, View};
 use crate::protocol::{is_json, ReadFrom};
 use crate::storage::{Cut, ReadChunk, StorageError, StreamConfig};
 
+/// The largest range kept for live readers to share.
+const RECENT_MAX_BYTES: usize = 256 * 1024;
+
+/// A range live readers read at the tail, kept for the others woken with them.
+pub(crate) struct Recent {
+    id: u64,
+    start: u64,
+    tail: u64,
+    result: ReadResult,
+}
+
 impl Engine {
     /// Reads from `from` (`GET`), renewing the stream's TTL.
     pub(crate) async fn read(&self, key: &Key, from: ReadFrom) -> Result<ReadResult, StreamError> {
@@ -62,6 +73,40 @@ impl Engine {
             closed: view.closed,
             data: chunk.data,
         })
+    }
+
+    /// Reads the bytes at `start` for a live reader woken by `view`: the
+    /// readers of one stream woken by the same append share one storage read
+    /// (the first reads, the others wait for it and get the same `Bytes`).
+    pub(crate) async fn read_live(
+        &self,
+        key: &Key,
+        config: &Arc<StreamConfig>,
+        start: u64,
+        view: &View,
+    ) -> Result<ReadResult, StreamError> {
+        let handle = match self.registry.existing(key) {
+            Some(handle) if handle.view.receiver_count() > 1 => handle,
+            _ => return self.read_at(key, config, start, view).await,
+        };
+        // Held across the storage read on purpose (single flight); the read
+        // is bounded like any other.
+        let mut recent = handle.recent.lock().await;
+        if let Some(hit) = recent
+            .as_ref()
+            .filter(|r| r.id == config.id && r.start == start && r.tail == view.tail)
+        {
+            return Ok(hit.result.clone());
+        }
+        let result = self.read_at(key, config, start, view).await?;
+        let size: usize = result.data.iter().map(bytes::Bytes::len).sum();
+        *recent = (result.up_to_date() && size <= RECENT_MAX_BYTES).then(|| Recent {
+            id: config.id,
+            start,
+            tail: view.tail,
+            result: result.clone(),
+        });
+        Ok(result)
     }
 
     /// Reads `from..to` of `key`, following fork origins into sources.

@@ -50,6 +50,9 @@ pub(super) struct Handle {
     pub stale: AtomicBool,
     /// Used since its use was last reported to a shared store.
     unreported_use: AtomicBool,
+    /// The last range live readers read at the tail: the readers woken by one
+    /// append all want the same bytes, and only the first reads them.
+    pub recent: tokio::sync::Mutex<Option<super::read::Recent>>,
 }
 
 impl Handle {
@@ -64,6 +67,7 @@ impl Handle {
             stale: AtomicBool::new(false),
             // Looking a stream up is no use of it: nothing to report yet.
             unreported_use: AtomicBool::new(false),
+            recent: tokio::sync::Mutex::new(None),
         })
     }
 

@@ -66,7 +66,10 @@ pub(crate) async fn long_poll(
                 let view = rx.borrow_and_update().clone();
                 check_same_stream(&view, &config)?;
                 if view.tail > position {
-                    let read = inner.engine.read_at(&key, &config, position, &view).await?;
+                    let read = inner
+                        .engine
+                        .read_live(&key, &config, position, &view)
+                        .await?;
                     return Ok(with_cursor(catch_up_response(&inner, read, None), &cursor));
                 }
                 if view.closed {
@@ -195,7 +198,7 @@ async fn next_event(state: &mut SseState) -> Result<Option<Bytes>, StreamError> 
             let read = state
                 .inner
                 .engine
-                .read_at(&state.key, &state.config, state.position, &view)
+                .read_live(&state.key, &state.config, state.position, &view)
                 .await?;
             let json = state.json;
             let (mut data, mut end) = (read.data, read.end);
