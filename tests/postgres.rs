@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::postgres::{connect, schema};
@@ -354,4 +355,116 @@ async fn a_reader_is_woken_after_its_instance_listener_reconnects() {
         .expect("woken after the reconnect")
         .expect("task");
     assert_eq!((poll.status, poll.text()), (StatusCode::OK, "after"));
+}
+
+/// A TCP proxy to PostgreSQL that can cut every connection and refuse new
+/// ones, to take the database away from one instance and give it back.
+struct Proxy {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (flag, cuts) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: connection refused, in effect
+                }
+                let mut stop = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = stop.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, up, cut }
+    }
+
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_503_and_not_ready_until_it_is_back() {
+    let Some(schema) = schema().await else { return };
+    let proxy = Proxy::start().await;
+    let url = common::postgres::url().replace(":5432", &format!(":{}", proxy.port));
+    let storage = tower_durable_streams::storage::PostgresStorage::connect(
+        tower_durable_streams::storage::PostgresConfig::new(url)
+            .schema(&schema)
+            .pool_size(2)
+            .timeout(Duration::from_secs(2)),
+    )
+    .await
+    .expect("connect through the proxy");
+    let service = DurableStreamsService::builder()
+        .storage(storage)
+        .build()
+        .expect("service");
+    put(&service, "/s", "text/plain", b"a").await;
+    assert!(service.health().await.is_ok());
+
+    proxy.down();
+    assert!(
+        service.health().await.is_err(),
+        "not ready without the database"
+    );
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let reply = post(&service, "/s", "text/plain", b"b").await;
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.text()
+        );
+        assert_eq!(reply.header("retry-after"), Some("1"));
+        assert_eq!(reply.json()["code"], "STORAGE_UNAVAILABLE");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "answered, not hung"
+        );
+        let read = get(&service, "/s").await;
+        assert_eq!(read.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    proxy.restore();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while service.health().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "never reconnected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        post(&service, "/s", "text/plain", b"c").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        get(&service, "/s").await.text(),
+        "ac",
+        "nothing of the refused appends"
+    );
 }
