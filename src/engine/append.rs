@@ -308,7 +308,7 @@ impl Engine {
 
     /// Waits until everything in `record` (tail and closure) is durable, so that a
     /// duplicate is never acknowledged before the original append it stands for.
-    async fn settled(
+    pub(super) async fn settled(
         &self,
         handle: &Arc<Handle>,
         id: u64,

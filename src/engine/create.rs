@@ -69,7 +69,26 @@ impl Engine {
             }
         };
         self.registry.forget_locked(key, &handle, &writer);
-        result
+        drop(writer);
+        self.durable(&handle, result).await
+    }
+
+    /// An idempotent create answers only with what is durable: it waits, with
+    /// the writer lock released (a failing write needs it to reload), until
+    /// the writes its answer covers are durable, or fails with them.
+    async fn durable(
+        &self,
+        handle: &Arc<Handle>,
+        result: Result<Created, StreamError>,
+    ) -> Result<Created, StreamError> {
+        match result {
+            Ok(created) if !created.created => {
+                self.settled(handle, created.config.id, created.tail, created.closed)
+                    .await?;
+                Ok(created)
+            }
+            other => other,
+        }
     }
 
     async fn store_new(
@@ -172,7 +191,8 @@ impl Engine {
             Err(e) => Err(e),
         };
         self.registry.forget_locked(key, &handle, &writer);
-        result
+        drop(writer);
+        self.durable(&handle, result).await
     }
 
     async fn create_fork_locked(
