@@ -138,3 +138,35 @@ fn errors_name_the_key_and_its_source() {
     assert!(!ok);
     assert!(err.contains("--profile nope"), "{err}");
 }
+
+#[test]
+fn the_log_filter_is_a_setting_that_rust_log_overrides() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ok, out, err) = print_config(
+        dir.path(),
+        &[],
+        &[("DS_LOG__RUST_LOG", "warn,tower_durable_streams=debug")],
+    );
+    assert!(ok, "DS_LOG__RUST_LOG is a known setting: {err}");
+    let table: toml::Table = out.parse().expect("printed TOML");
+    assert_eq!(
+        table["log"]["rust_log"].as_str(),
+        Some("warn,tower_durable_streams=debug")
+    );
+    let (ok, _, err) = print_config(dir.path(), &[], &[("DS_LOG__RUST_LOG", "[=broken")]);
+    assert!(!ok, "a broken filter stops the start");
+    assert!(err.contains("log.rust_log"), "{err}");
+    // RUST_LOG, when set, wins: the broken setting is never parsed.
+    let mut command = Command::new(server_binary());
+    command
+        .current_dir(dir.path())
+        .arg("--print-config")
+        .env("DS_LOG__RUST_LOG", "[=broken")
+        .env("RUST_LOG", "info");
+    let output = command.output().expect("run server");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

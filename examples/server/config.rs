@@ -38,6 +38,22 @@ pub struct Config {
     pub limits: LimitsSection,
     pub tls: TlsSection,
     pub metrics: MetricsSection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// The log filter (tracing's `EnvFilter` syntax); `RUST_LOG` wins when set.
+    pub rust_log: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            rust_log: "info,tower_durable_streams::access=debug".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

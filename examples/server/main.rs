@@ -88,19 +88,28 @@ fn fail(message: impl std::fmt::Display, code: i32) -> ! {
     std::process::exit(code)
 }
 
+/// The log filter: `RUST_LOG` when set, else `log.rust_log`
+/// (`DS_LOG__RUST_LOG`, as operators of the older Rust server set it).
+fn log_filter(config: &Config) -> tracing_subscriber::EnvFilter {
+    let setting = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.rust_log.clone());
+    tracing_subscriber::EnvFilter::try_new(&setting).unwrap_or_else(|e| {
+        fail(
+            format!("log filter {setting:?} (RUST_LOG or log.rust_log): {e}"),
+            2,
+        )
+    })
+}
+
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_durable_streams::access=debug".into()),
-        )
-        .init();
     let cli = Cli::parse();
     let root = std::env::current_dir().unwrap_or_else(|_| ".".into());
     let config = Config::load(&root, cli.profile.as_deref(), cli.config.as_deref())
         .unwrap_or_else(|e| fail(e, 2));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(log_filter(&config))
+        .init();
     if cli.print_config {
         print!(
             "{}",
