@@ -83,9 +83,10 @@ impl CreateOptions {
     }
 
     /// Expires after this long without a read or write (`Stream-TTL`, whole
-    /// seconds).
+    /// seconds, rounded up).
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.request.expiry = Expiry::Ttl(ttl.as_secs());
+        let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        self.request.expiry = Expiry::Ttl(secs);
         self
     }
 
@@ -321,6 +322,11 @@ impl Streams {
         let key = Key::parse(path)?;
         let mut request = options.request;
         if let Some((source, offset, sub_offset)) = options.fork {
+            if source.is_empty() {
+                return Err(StreamError::invalid(
+                    "fork_offset and fork_sub_offset need fork_of",
+                ));
+            }
             request.fork = Some(ForkRequest {
                 source: Key::parse(&source)?,
                 offset: offset.map(Offset::position),

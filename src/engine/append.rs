@@ -24,9 +24,22 @@ enum Attempt {
 }
 
 /// Whether a refusal may come from a cache that another instance's writes
-/// made stale (everything but the request's own mistakes).
+/// made stale: the protocol's answers about the stream's state, never a
+/// storage failure (whose write may have happened: it is not tried again).
 fn could_be_stale(error: &StreamError) -> bool {
-    !matches!(error, StreamError::Invalid(_) | StreamError::Reserved)
+    matches!(
+        error,
+        StreamError::NotFound
+            | StreamError::Gone
+            | StreamError::Conflict(_)
+            | StreamError::Closed { .. }
+            | StreamError::ContentTypeMismatch { .. }
+            | StreamError::SeqRegression { .. }
+            | StreamError::StaleEpoch { .. }
+            | StreamError::NewEpochNotAtZero
+            | StreamError::SequenceGap { .. }
+            | StreamError::StreamTooLarge { .. }
+    )
 }
 
 impl From<StreamError> for Attempt {
@@ -121,11 +134,18 @@ impl Engine {
                 Some(r) if r.config.id == config.id => r,
                 _ => return Err(StreamError::NotFound.into()),
             };
+            if record.closed && !fresh {
+                // Its final tail and closer may have moved on elsewhere.
+                drop(writer);
+                self.refresh(key, false).await;
+                return Err(Attempt::Conflict);
+            }
             if record.closed {
                 let record = record.clone();
+                let seen = handle.failures.load(Ordering::Acquire);
                 drop(writer);
                 return Ok(self
-                    .answer_closed(&handle, &record, request, has_body)
+                    .answer_closed(&handle, &record, request, has_body, seen)
                     .await?);
             }
             let data = if has_body {
@@ -158,8 +178,9 @@ impl Engine {
                     }
                     ProducerDecision::Duplicate { last_seq } => {
                         let (id, tail) = (record.config.id, record.tail);
+                        let seen = handle.failures.load(Ordering::Acquire);
                         drop(writer);
-                        self.settled(&handle, id, tail, false).await?;
+                        self.settled(&handle, id, tail, false, seen).await?;
                         return Ok(Appended {
                             kind: AppendKind::Duplicate,
                             tail,
@@ -253,7 +274,9 @@ impl Engine {
             StorageError::Conflict { .. } | StorageError::NotFound
         );
         if conflict && self.shared {
-            self.refresh(key, false).await;
+            // Whatever waited on this write (a duplicate, a close) must not
+            // wait on: the retry may land elsewhere, or be refused.
+            self.refresh(key, true).await;
             return Attempt::Conflict;
         }
         tracing::error!(stream = %key, error = %error, "append failed; reloading stream state");
@@ -270,6 +293,7 @@ impl Engine {
         record: &StreamRecord,
         request: &AppendRequest,
         has_body: bool,
+        seen: u64,
     ) -> Result<Appended, StreamError> {
         if let Some(p) = &request.producer {
             let state = record.producers.get(&p.id).copied();
@@ -281,7 +305,7 @@ impl Engine {
                 .as_ref()
                 .is_some_and(|t| t.id == p.id && t.epoch == p.epoch && t.seq == p.seq);
             if closer {
-                self.settled(handle, record.config.id, record.tail, record.closed)
+                self.settled(handle, record.config.id, record.tail, record.closed, seen)
                     .await?;
                 return Ok(Appended {
                     kind: AppendKind::Duplicate,
@@ -296,7 +320,7 @@ impl Engine {
                 next_offset: Offset::new(record.tail),
             });
         }
-        self.settled(handle, record.config.id, record.tail, record.closed)
+        self.settled(handle, record.config.id, record.tail, record.closed, seen)
             .await?;
         Ok(Appended {
             kind: AppendKind::AlreadyClosed,
@@ -308,14 +332,18 @@ impl Engine {
 
     /// Waits until everything in `record` (tail and closure) is durable, so that a
     /// duplicate is never acknowledged before the original append it stands for.
+    /// `seen` is the handle's failure count read under the writer lock with the
+    /// record: a write that fails after it, and any write it covers did, ends
+    /// the wait with an error.
     pub(super) async fn settled(
         &self,
         handle: &Arc<Handle>,
         id: u64,
         tail: u64,
         closed: bool,
+        seen: u64,
     ) -> Result<(), StreamError> {
-        let failures = handle.failures.load(Ordering::Acquire);
+        let failures = seen;
         let mut rx = handle.view.subscribe();
         loop {
             {

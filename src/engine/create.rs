@@ -69,8 +69,9 @@ impl Engine {
             }
         };
         self.registry.forget_locked(key, &handle, &writer);
+        let seen = handle.failures.load(std::sync::atomic::Ordering::Acquire);
         drop(writer);
-        self.durable(&handle, result).await
+        self.durable(&handle, result, seen).await
     }
 
     /// An idempotent create answers only with what is durable: it waits, with
@@ -80,11 +81,18 @@ impl Engine {
         &self,
         handle: &Arc<Handle>,
         result: Result<Created, StreamError>,
+        seen: u64,
     ) -> Result<Created, StreamError> {
         match result {
             Ok(created) if !created.created => {
-                self.settled(handle, created.config.id, created.tail, created.closed)
-                    .await?;
+                self.settled(
+                    handle,
+                    created.config.id,
+                    created.tail,
+                    created.closed,
+                    seen,
+                )
+                .await?;
                 Ok(created)
             }
             other => other,
@@ -191,8 +199,9 @@ impl Engine {
             Err(e) => Err(e),
         };
         self.registry.forget_locked(key, &handle, &writer);
+        let seen = handle.failures.load(std::sync::atomic::Ordering::Acquire);
         drop(writer);
-        self.durable(&handle, result).await
+        self.durable(&handle, result, seen).await
     }
 
     async fn create_fork_locked(

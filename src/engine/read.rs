@@ -92,10 +92,12 @@ impl Engine {
         // Held across the storage read on purpose (single flight); the read
         // is bounded like any other.
         let mut recent = handle.recent.lock().await;
-        if let Some(hit) = recent
-            .as_ref()
-            .filter(|r| r.id == config.id && r.start == start && r.tail == view.tail)
-        {
+        if let Some(hit) = recent.as_ref().filter(|r| {
+            r.id == config.id
+                && r.start == start
+                && r.tail == view.tail
+                && r.result.closed == view.closed
+        }) {
             return Ok(hit.result.clone());
         }
         let result = self.read_at(key, config, start, view).await?;

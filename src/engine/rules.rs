@@ -166,9 +166,16 @@ pub(crate) fn check_producer(producer: &ProducerHeaders) -> Result<(), StreamErr
     Ok(())
 }
 
+/// The longest sliding TTL, about 136 years: every backend can store it and
+/// add it to an instant.
+pub(crate) const MAX_TTL_SECS: u64 = u32::MAX as u64;
+
 /// A new stream's expiry, checked: an absolute one must lie in the future.
 pub(crate) fn check_expiry(expiry: Expiry) -> Result<(), StreamError> {
     match expiry {
+        Expiry::Ttl(secs) if secs > MAX_TTL_SECS => Err(StreamError::invalid(format!(
+            "Stream-TTL is longer than {MAX_TTL_SECS} seconds"
+        ))),
         Expiry::At(at) if at <= OffsetDateTime::now_utc() => {
             Err(StreamError::invalid("Stream-Expires-At is in the past"))
         }

@@ -33,22 +33,22 @@ pub(super) fn start(settings: Settings) {
 
 async fn run(settings: Settings) {
     let mut backoff = Duration::from_millis(100);
-    let mut connected_before = false;
     loop {
-        match listen(&settings, connected_before).await {
+        match listen(&settings).await {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "PostgreSQL listener disconnected");
             }
         }
-        connected_before = true;
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
-/// One connection's life: LISTEN, then deliver until it ends.
-async fn listen(settings: &Settings, reconnected: bool) -> Result<(), tokio_postgres::Error> {
+/// One connection's life: LISTEN, then deliver until it ends. Whatever was
+/// sent before the LISTEN took effect is unknown: a `Resync` follows it,
+/// the first time too.
+async fn listen(settings: &Settings) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = settings.config.connect(NoTls).await?;
     let (tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
@@ -69,12 +69,23 @@ async fn listen(settings: &Settings, reconnected: bool) -> Result<(), tokio_post
     client
         .batch_execute(&format!("LISTEN \"{}\"", settings.channel))
         .await?;
-    if reconnected {
-        tracing::info!("PostgreSQL listener reconnected");
-        deliver(&settings.sinks, Change::Resync);
-    }
+    tracing::debug!("PostgreSQL listener connected");
+    deliver(&settings.sinks, Change::Resync);
     while let Some(payload) = notifications.recv().await {
-        for change in parse(&payload, &settings.instance) {
+        // An instance's own notifications are skipped, unless several
+        // engines share this storage and need each other's.
+        let shared = settings
+            .sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            > 1;
+        let own = if shared {
+            ""
+        } else {
+            settings.instance.as_str()
+        };
+        for change in parse(&payload, own) {
             deliver(&settings.sinks, change);
         }
     }

@@ -251,8 +251,16 @@ impl PostgresStorage {
             .url
             .parse()
             .map_err(|e| StorageError::Backend(Box::new(e)))?;
-        pg.options(format!("-c search_path={}", config.schema))
-            .connect_timeout(config.timeout)
+        // Server-side limits too: a call the client gave up on must not run on,
+        // holding row locks, on a connection that went back to the pool.
+        let ms = config.timeout.as_millis();
+        pg.options(format!(
+            "-c search_path={} -c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}",
+            config.schema
+        ))
+        .connect_timeout(config.timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
             .application_name("tower-durable-streams");
         let manager = Manager::from_config(
             pg.clone(),
@@ -668,7 +676,8 @@ impl SharedStorage for PostgresStorage {
             client
                 .execute(
                     "UPDATE ds_streams SET last_access = greatest(last_access, now()) \
-                     WHERE key = ANY($1)",
+                     WHERE key IN (SELECT key FROM ds_streams WHERE key = ANY($1) \
+                     ORDER BY key FOR UPDATE)",
                     &[&keys],
                 )
                 .await
