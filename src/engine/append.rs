@@ -244,7 +244,7 @@ impl Engine {
             Ok(tail) => tail,
             Err(e) => return Err(self.append_failed(key, e).await),
         };
-        handle.touch_for(&config);
+        self.used(&handle, &config);
         // Wake live readers only if there are any: a reader that subscribes
         // later reads the updated view itself (the count is read under the
         // view's write lock, which its first `borrow` waits for).

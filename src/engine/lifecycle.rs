@@ -154,6 +154,10 @@ impl Engine {
     /// TTLs, then, if this instance holds the sweep lease, expires what the
     /// shared clock says is due.
     async fn sweep_shared(&self, shared: &dyn SharedStorage) -> usize {
+        let evicted = self.registry.evict_idle(EVICT_AFTER_MS);
+        if evicted > 0 {
+            tracing::debug!(evicted, "dropped idle cached streams");
+        }
         let used: Vec<String> = self
             .registry
             .scan(|handle, config| matches!(config.expiry, Expiry::Ttl(_)) && handle.take_use())
@@ -197,6 +201,9 @@ impl Engine {
 
 /// The most streams one shared sweep expires.
 const SWEEP_BATCH: usize = 1024;
+
+/// How long a stream's cached state outlives its last use with shared storage.
+const EVICT_AFTER_MS: u64 = 10 * 60 * 1000;
 
 /// The task that removes expired streams nobody touches.
 ///

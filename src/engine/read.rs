@@ -30,7 +30,7 @@ impl Engine {
         if view.soft_deleted {
             return Err(StreamError::Gone);
         }
-        handle.touch_for(&config);
+        self.used(&handle, &config);
         let start = match from {
             ReadFrom::Start => 0,
             ReadFrom::Now => view.tail,

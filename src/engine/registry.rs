@@ -231,6 +231,32 @@ impl Registry {
         }
     }
 
+    /// Drops the cached handles of streams unused for `idle_ms` that nothing
+    /// holds (no reader, no request in flight, no writer): with shared storage
+    /// the database has them all, and the cache must not grow with every
+    /// stream an instance ever served. Returns how many went.
+    pub fn evict_idle(&self, idle_ms: u64) -> usize {
+        let now = now_ms();
+        let mut evicted = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.write().unwrap_or_else(|e| e.into_inner());
+            shard.retain(|_, handle| {
+                let idle =
+                    now.saturating_sub(handle.last_access_ms.load(Ordering::Relaxed)) >= idle_ms;
+                // The map's is the only reference: nobody can take another
+                // while this shard is locked.
+                let unused = Arc::strong_count(handle) == 1 && handle.view.receiver_count() == 0;
+                if idle && unused && handle.writer.try_lock().is_ok() {
+                    handle.detached.store(true, Ordering::Release);
+                    evicted += 1;
+                    return false;
+                }
+                true
+            });
+        }
+        evicted
+    }
+
     /// Every key with a live (not soft-deleted) stream that `due` says is done.
     pub fn scan(&self, mut due: impl FnMut(&Handle, &StreamConfig) -> bool) -> Vec<Key> {
         let mut keys = Vec::new();
@@ -308,5 +334,34 @@ impl Engine {
         let handle = self.registry.existing(key).ok_or(StreamError::NotFound)?;
         let view = handle.view.borrow().clone();
         Ok((handle, view))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Expiry;
+
+    fn record() -> StreamRecord {
+        StreamRecord::new(StreamConfig::new(1, "text/plain", Expiry::Never), 0)
+    }
+
+    #[tokio::test]
+    async fn only_idle_handles_nothing_holds_are_evicted() {
+        let registry = Registry::default();
+        let key = Key::parse("/a").expect("key");
+        let held = registry.adopt(&key, record());
+        assert_eq!(registry.evict_idle(0), 0, "a request holds it");
+        let reader = held.view.subscribe();
+        drop(held);
+        assert_eq!(registry.evict_idle(0), 0, "a live reader holds it");
+        drop(reader);
+        assert_eq!(registry.evict_idle(60_000), 0, "used within the minute");
+        let (handle, writer) = registry.lock(&key, false).await.expect("locked");
+        drop(handle);
+        assert_eq!(registry.evict_idle(0), 0, "a writer holds it");
+        drop(writer);
+        assert_eq!(registry.evict_idle(0), 1);
+        assert!(registry.existing(&key).is_none());
     }
 }

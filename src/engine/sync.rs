@@ -127,6 +127,18 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Notes a read or write of the stream: renews a sliding TTL, and with
+    /// shared storage keeps its cached state from being evicted.
+    pub(super) fn used(&self, handle: &Handle, config: &crate::storage::StreamConfig) {
+        if self.shared {
+            handle.touch();
+        } else {
+            handle.touch_for(config);
+        }
+    }
+}
+
 /// Sets the locked record and publishes it to readers.
 pub(super) fn install(
     handle: &Arc<Handle>,
