@@ -135,17 +135,8 @@ impl Storage for Gated {
     }
 }
 
-fn producer(seq: &'static str) -> [(&'static str, &'static str); 4] {
-    [
-        ("content-type", "text/plain"),
-        ("producer-id", "p"),
-        ("producer-epoch", "0"),
-        ("producer-seq", seq),
-    ]
-}
-
-#[tokio::test]
-async fn a_retry_waiting_on_a_write_that_fails_is_answered_even_if_the_reload_fails() {
+/// A gated store (open) and a service over it with the stream `/s`.
+async fn gated() -> (Gated, DurableStreamsService) {
     let storage = Gated {
         inner: MemoryStorage::new(),
         gate: Arc::new(Notify::new()),
@@ -157,6 +148,21 @@ async fn a_retry_waiting_on_a_write_that_fails_is_answered_even_if_the_reload_fa
         .build()
         .expect("service");
     put(&service, "/s", "text/plain", b"").await;
+    (storage, service)
+}
+
+fn producer(seq: &'static str) -> [(&'static str, &'static str); 4] {
+    [
+        ("content-type", "text/plain"),
+        ("producer-id", "p"),
+        ("producer-epoch", "0"),
+        ("producer-seq", seq),
+    ]
+}
+
+#[tokio::test]
+async fn a_retry_waiting_on_a_write_that_fails_is_answered_even_if_the_reload_fails() {
+    let (storage, service) = gated().await;
     storage.gated.store(true, Ordering::SeqCst);
     storage.fail_get.store(true, Ordering::SeqCst);
 
@@ -199,17 +205,7 @@ async fn a_retry_waiting_on_a_write_that_fails_is_answered_even_if_the_reload_fa
 
 #[tokio::test]
 async fn an_idempotent_create_waits_for_the_writes_it_reports() {
-    let storage = Gated {
-        inner: MemoryStorage::new(),
-        gate: Arc::new(Notify::new()),
-        gated: Arc::new(AtomicBool::new(false)),
-        fail_get: Arc::new(AtomicBool::new(false)),
-    };
-    let service = DurableStreamsService::builder()
-        .storage(storage.clone())
-        .build()
-        .expect("service");
-    put(&service, "/s", "text/plain", b"").await;
+    let (storage, service) = gated().await;
     storage.gated.store(true, Ordering::SeqCst);
     let append = tokio::spawn({
         let service = service.clone();

@@ -7,13 +7,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::cluster::{check, create, records, start, writer};
+use common::cluster::{check, cluster, records, Load};
 use common::postgres::schema;
-use common::process::{server_binary, wait_ready, Server};
+use common::process::wait_ready;
 
 /// The cluster this machine runs, for `pg_ctlcluster`.
 fn cluster_version() -> String {
@@ -34,19 +32,8 @@ async fn a_postgres_restart_is_503_then_nothing_lost() {
         );
         return;
     }
-    let binary = server_binary();
-    let servers: Vec<Server> = (0..2).map(|_| start(&binary, &schema)).collect();
-    for server in &servers {
-        wait_ready(server.address).await;
-    }
-    create(servers[0].address).await;
-    let instances = Arc::new(Mutex::new(
-        servers.iter().map(|s| s.address).collect::<Vec<_>>(),
-    ));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..4)
-        .map(|w| tokio::spawn(writer(w, instances.clone(), stop.clone())))
-        .collect();
+    let servers = cluster(&schema, 2).await;
+    let load = Load::start(&servers, 4);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let version = cluster_version();
     let restarted = tokio::task::spawn_blocking(move || {
@@ -70,11 +57,7 @@ async fn a_postgres_restart_is_503_then_nothing_lost() {
         wait_ready(server.address).await;
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut outcomes = Vec::new();
-    for writer in writers {
-        outcomes.push(writer.await.expect("writer"));
-    }
+    let outcomes = load.finish().await;
     let found = records(servers[1].address).await;
     let acked = check(&found, &outcomes);
     let unavailable: usize = outcomes.iter().map(|o| o.unavailable).sum();

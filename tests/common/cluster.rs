@@ -13,7 +13,7 @@ use http::{Method, StatusCode};
 use super::postgres::url;
 use super::process::{start_with, Client, Server};
 
-pub fn start(binary: &std::path::Path, schema: &str) -> Server {
+fn start(binary: &std::path::Path, schema: &str) -> Server {
     start_with(
         binary,
         &[
@@ -37,7 +37,7 @@ pub struct Outcome {
 /// Appends `<w{writer}:{seq}>` as producer `w{writer}` until `stop`, moving to
 /// the next instance when its connection breaks, retrying each record until
 /// it is acknowledged.
-pub async fn writer(
+async fn writer(
     writer: usize,
     instances: Arc<Mutex<Vec<SocketAddr>>>,
     stop: Arc<AtomicBool>,
@@ -176,7 +176,7 @@ pub fn check(found: &[String], outcomes: &[Outcome]) -> usize {
     acked
 }
 
-pub async fn create(address: SocketAddr) {
+async fn create(address: SocketAddr) {
     let mut client = Client::connect(address).await.expect("connect");
     let (status, _, _) = client
         .send(
@@ -188,4 +188,51 @@ pub async fn create(address: SocketAddr) {
         .await
         .expect("create");
     assert_eq!(status, StatusCode::CREATED);
+}
+
+/// `n` example servers over `schema`, ready, with the stream `/s` created.
+pub async fn cluster(schema: &str, n: usize) -> Vec<Server> {
+    let binary = super::process::server_binary();
+    let servers: Vec<Server> = (0..n).map(|_| start(&binary, schema)).collect();
+    for server in &servers {
+        super::process::wait_ready(server.address).await;
+    }
+    create(servers[0].address).await;
+    servers
+}
+
+/// Idempotent producers writing through a set of instances until finished.
+pub struct Load {
+    /// The instances writers may use; remove one to make its writers move.
+    pub instances: Arc<Mutex<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    writers: Vec<tokio::task::JoinHandle<Outcome>>,
+}
+
+impl Load {
+    /// Starts `writers` producers over `servers`.
+    pub fn start(servers: &[Server], writers: usize) -> Load {
+        let instances = Arc::new(Mutex::new(
+            servers.iter().map(|s| s.address).collect::<Vec<_>>(),
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = (0..writers)
+            .map(|w| tokio::spawn(writer(w, instances.clone(), stop.clone())))
+            .collect();
+        Load {
+            instances,
+            stop,
+            writers,
+        }
+    }
+
+    /// Stops the writers and returns what each saw.
+    pub async fn finish(self) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut outcomes = Vec::new();
+        for writer in self.writers {
+            outcomes.push(writer.await.expect("writer"));
+        }
+        outcomes
+    }
 }
