@@ -431,3 +431,62 @@ mod host_layers {
             .contains("data:hello"));
     }
 }
+
+#[tokio::test]
+async fn location_follows_the_connection_and_trusted_proxies() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let plain = DurableStreamsService::builder()
+        .base_path("/v1/stream")
+        .build()
+        .expect("service");
+    let proxied = DurableStreamsService::builder()
+        .base_path("/v1/stream")
+        .trust_forwarded_headers(true)
+        .build()
+        .expect("service");
+    let location =
+        |service: &DurableStreamsService, path: &str, tls: bool, headers: &[(&str, &str)]| {
+            let mut request = request(Method::PUT, path, headers, b"");
+            if tls {
+                request.extensions_mut().insert(http::uri::Scheme::HTTPS);
+            }
+            let service = service.clone();
+            async move {
+                let response = service.oneshot(request).await.expect("infallible");
+                let location = response
+                    .headers()
+                    .get("location")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let _ = response.into_body().collect().await;
+                location
+            }
+        };
+    assert_eq!(
+        location(&plain, "/a", false, &[]).await.as_deref(),
+        Some("http://example.test/v1/stream/a")
+    );
+    assert_eq!(
+        location(&plain, "/b", true, &[]).await.as_deref(),
+        Some("https://example.test/v1/stream/b"),
+        "a host serving TLS says so with an http::uri::Scheme extension"
+    );
+    let spoofed = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+    ];
+    assert_eq!(
+        location(&plain, "/c", false, &spoofed).await.as_deref(),
+        Some("http://example.test/v1/stream/c"),
+        "forwarded headers are ignored unless trusted"
+    );
+    assert_eq!(
+        location(&proxied, "/d", false, &spoofed).await.as_deref(),
+        Some("https://evil.example/v1/stream/d")
+    );
+    let rfc = [("forwarded", "for=10.0.0.1;proto=https;host=streams.example")];
+    assert_eq!(
+        location(&proxied, "/e", false, &rfc).await.as_deref(),
+        Some("https://streams.example/v1/stream/e")
+    );
+}

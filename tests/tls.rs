@@ -106,6 +106,31 @@ async fn tls_with_h2_and_http1() {
         .expect("request");
     let response = h1.send_request(get).await.expect("get");
     assert_eq!(response.status(), StatusCode::OK);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&body[..], b"over tls");
+    // HTTP/1.1 URIs carry no scheme: the server says it serves TLS.
+    let put = Request::put("/v1/stream/secure-h1")
+        .header("host", "localhost")
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = h1.send_request(put).await.expect("put");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(
+        response.headers()["location"],
+        "https://localhost/v1/stream/secure-h1"
+    );
+    let get = Request::get("/v1/stream/secure")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = h1.send_request(get).await.expect("get");
+    assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         &response
             .into_body()

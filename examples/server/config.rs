@@ -88,12 +88,15 @@ impl Default for ServerSection {
 pub struct HttpSection {
     /// Allowed browser origins, comma-separated, or `*`.
     pub cors_origins: String,
+    /// Build `Location` from `Forwarded` / `X-Forwarded-*` (behind a proxy).
+    pub trust_forwarded_headers: bool,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             cors_origins: "*".into(),
+            trust_forwarded_headers: false,
         }
     }
 }

@@ -146,6 +146,7 @@ fn open(
             .max_append_bytes(config.limits.max_append_bytes)
             .max_live_readers(config.limits.max_live_readers)
             .max_inflight_writes(config.limits.max_inflight_writes)
+            .trust_forwarded_headers(config.http.trust_forwarded_headers)
             .shutdown(shutdown);
         let builder = match config.limits.max_stream_bytes {
             0 => builder,
@@ -247,9 +248,17 @@ pub async fn serve(config: Config) {
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let https = tls.is_some();
                 let service = {
                     let route = route.clone();
-                    hyper::service::service_fn(move |request| route(request))
+                    hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                        // HTTP/1.1 request URIs carry no scheme: say it is
+                        // TLS, so that Location headers say https.
+                        if https {
+                            request.extensions_mut().insert(http::uri::Scheme::HTTPS);
+                        }
+                        route(request)
+                    })
                 };
                 match &tls {
                     None => {

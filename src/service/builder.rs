@@ -73,6 +73,7 @@ pub struct Builder {
     authorizer: Option<Arc<dyn Authorizer>>,
     shutdown: Option<CancellationToken>,
     base_path: Option<String>,
+    trust_forwarded_headers: bool,
     long_poll_timeout: Duration,
     sse_reconnect_interval: Duration,
     cursor_interval: Duration,
@@ -94,6 +95,7 @@ impl Default for Builder {
             authorizer: None,
             shutdown: None,
             base_path: None,
+            trust_forwarded_headers: false,
             long_poll_timeout: Duration::from_secs(30),
             sse_reconnect_interval: Duration::from_secs(60),
             cursor_interval: Duration::from_secs(20),
@@ -161,6 +163,18 @@ impl Builder {
     /// full paths for hyper and warp hosts. Defaults to none: mounted at `/`.
     pub fn base_path(mut self, base_path: impl Into<String>) -> Self {
         self.base_path = Some(base_path.into());
+        self
+    }
+
+    /// Whether `Location` headers follow what a reverse proxy in front says the
+    /// client used: `Forwarded` (RFC 7239) or `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host`. Turn it on only behind a proxy that sets (or strips)
+    /// these headers, since clients can send them too. Without it, the scheme
+    /// comes from the request URI or an `http::uri::Scheme` the host put in the
+    /// request's extensions (a host serving TLS inserts `Scheme::HTTPS`), and
+    /// the host from `Host`. Defaults to `false`.
+    pub fn trust_forwarded_headers(mut self, trust: bool) -> Self {
+        self.trust_forwarded_headers = trust;
         self
     }
 
@@ -291,6 +305,7 @@ impl Builder {
                 authorizer: self.authorizer,
                 shutdown,
                 base_path: self.base_path,
+                trust_forwarded_headers: self.trust_forwarded_headers,
                 long_poll_timeout: self.long_poll_timeout,
                 sse_reconnect_interval: self.sse_reconnect_interval,
                 cursor: CursorClock::new(self.cursor_interval),

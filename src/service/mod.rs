@@ -131,6 +131,7 @@ pub(crate) struct Inner {
     authorizer: Option<Arc<dyn Authorizer>>,
     shutdown: CancellationToken,
     base_path: Option<String>,
+    trust_forwarded_headers: bool,
     long_poll_timeout: Duration,
     sse_reconnect_interval: Duration,
     cursor: CursorClock,

@@ -278,16 +278,78 @@ pub(super) fn fork_source(inner: &Inner, value: &str) -> Result<Key, Problem> {
     Ok(Key::parse(relative)?)
 }
 
-/// The absolute URL of a stream, from the request's scheme and `Host`.
+/// The absolute URL of a stream. The scheme is the request URI's (HTTP/2),
+/// or the one the host put in the request's extensions as an
+/// `http::uri::Scheme` (a host serving TLS does), else `http`; the host is
+/// `Host`, or the URI's authority. With `Builder::trust_forwarded_headers`,
+/// a proxy's `Forwarded` (RFC 7239) or `X-Forwarded-Proto` /
+/// `X-Forwarded-Host` come first.
 fn location(inner: &Inner, parts: &Parts, key: &Key) -> Option<String> {
-    let host = parts
-        .headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
+    let forwarded = if inner.trust_forwarded_headers {
+        forwarded(&parts.headers)
+    } else {
+        Forwarded::default()
+    };
+    let host = forwarded
+        .host
+        .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()))
         .or_else(|| parts.uri.authority().map(|a| a.as_str()))?;
-    let scheme = parts.uri.scheme_str().unwrap_or("http");
+    let scheme = forwarded
+        .proto
+        .or_else(|| parts.uri.scheme_str())
+        .or_else(|| {
+            parts
+                .extensions
+                .get::<http::uri::Scheme>()
+                .map(|s| s.as_str())
+        })
+        .unwrap_or("http");
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return None;
+    }
     let base = inner.base_path.as_deref().unwrap_or("");
     Some(format!("{scheme}://{host}{base}{key}"))
+}
+
+/// What a proxy says the client asked for.
+#[derive(Default)]
+struct Forwarded<'a> {
+    proto: Option<&'a str>,
+    host: Option<&'a str>,
+}
+
+/// The first hop's `proto` and `host` from `Forwarded`, else
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (first values).
+fn forwarded(headers: &HeaderMap) -> Forwarded<'_> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let mut found = Forwarded::default();
+    if let Some(first) = text("forwarded").and_then(|v| v.split(',').next()) {
+        for pair in first.split(';') {
+            if let Some((name, value)) = pair.trim().split_once('=') {
+                let value = value.trim().trim_matches('"');
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "proto" => found.proto = Some(value),
+                    "host" => found.host = Some(value),
+                    _ => {}
+                }
+            }
+        }
+    }
+    fn first(value: &str) -> &str {
+        value.split(',').next().map(str::trim).unwrap_or_default()
+    }
+    if found.proto.is_none() {
+        found.proto = text("x-forwarded-proto").map(first);
+    }
+    if found.host.is_none() {
+        found.host = text("x-forwarded-host").map(first);
+    }
+    // A host value must be a valid authority, or it is ignored.
+    found.host = found
+        .host
+        .filter(|h| !h.is_empty() && h.parse::<http::uri::Authority>().is_ok());
+    found.proto = found.proto.filter(|p| !p.is_empty());
+    found
 }
 
 /// Reads a request body up to the configured limit (413 beyond it).
@@ -348,4 +410,31 @@ where
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_headers_are_read_first_hop_first() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "forwarded",
+            "for=1.2.3.4;proto=https;host=\"streams.example\", for=5.6.7.8"
+                .parse()
+                .unwrap(),
+        );
+        headers.insert("x-forwarded-proto", "http".parse().unwrap());
+        let f = forwarded(&headers);
+        assert_eq!((f.proto, f.host), (Some("https"), Some("streams.example")));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-proto", "https, http".parse().unwrap());
+        headers.insert("x-forwarded-host", "a.example:8443".parse().unwrap());
+        let f = forwarded(&headers);
+        assert_eq!((f.proto, f.host), (Some("https"), Some("a.example:8443")));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-host", "bad host/".parse().unwrap());
+        assert_eq!(forwarded(&headers).host, None);
+    }
 }
