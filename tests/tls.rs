@@ -113,6 +113,7 @@ async fn tls_with_h2_and_http1() {
         .expect("body")
         .to_bytes();
     assert_eq!(&body[..], b"over tls");
+    h1.ready().await.expect("connection ready");
     // HTTP/1.1 URIs carry no scheme: the server says it serves TLS.
     let put = Request::put("/v1/stream/secure-h1")
         .header("host", "localhost")
@@ -125,6 +126,10 @@ async fn tls_with_h2_and_http1() {
         response.headers()["location"],
         "https://localhost/v1/stream/secure-h1"
     );
+    // Drain the answer and wait for the connection to take the next request:
+    // HTTP/1.1 carries one exchange at a time.
+    response.into_body().collect().await.expect("put body");
+    h1.ready().await.expect("connection ready");
     let get = Request::get("/v1/stream/secure")
         .header("host", "localhost")
         .body(Full::new(Bytes::new()))
