@@ -137,14 +137,20 @@ impl Storage for Gated {
 
 /// A gated store (open) and a service over it with the stream `/s`.
 async fn gated() -> (Gated, DurableStreamsService) {
+    gated_with(|builder| builder).await
+}
+
+/// `gated`, with more settings.
+async fn gated_with(
+    settings: impl FnOnce(tower_durable_streams::Builder) -> tower_durable_streams::Builder,
+) -> (Gated, DurableStreamsService) {
     let storage = Gated {
         inner: MemoryStorage::new(),
         gate: Arc::new(Notify::new()),
         gated: Arc::new(AtomicBool::new(false)),
         fail_get: Arc::new(AtomicBool::new(false)),
     };
-    let service = DurableStreamsService::builder()
-        .storage(storage.clone())
+    let service = settings(DurableStreamsService::builder().storage(storage.clone()))
         .build()
         .expect("service");
     put(&service, "/s", "text/plain", b"").await;
@@ -237,5 +243,32 @@ async fn an_idempotent_create_waits_for_the_writes_it_reports() {
     assert_eq!(
         (create.status, create.next_offset().as_str()),
         (StatusCode::OK, "0000000000000000_0000000000000000")
+    );
+}
+
+#[tokio::test]
+async fn writes_in_progress_are_capped_with_503() {
+    let (storage, service) = gated_with(|b| b.max_inflight_writes(1)).await;
+    storage.gated.store(true, Ordering::SeqCst);
+    // A write stuck in storage holds the only slot.
+    let stuck = tokio::spawn({
+        let service = service.clone();
+        async move { post(&service, "/s", "text/plain", b"x").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused = answered(post(&service, "/s", "text/plain", b"y")).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.json()["code"], "TOO_MANY_WRITES");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    storage.gated.store(false, Ordering::SeqCst);
+    storage.gate.notify_waiters();
+    let failed = answered(async { stuck.await.expect("task") }).await;
+    assert!(failed.status.is_server_error(), "{}", failed.status);
+    assert_eq!(
+        answered(post(&service, "/s", "text/plain", b"z"))
+            .await
+            .status,
+        StatusCode::NO_CONTENT,
+        "the slot is free again"
     );
 }

@@ -78,41 +78,6 @@ async fn live_readers_are_capped_with_429() {
     );
 }
 
-#[tokio::test]
-async fn writes_in_progress_are_capped_with_503() {
-    let svc = DurableStreamsService::builder()
-        .max_inflight_writes(1)
-        .build()
-        .expect("service");
-    put(&svc, "/s", "text/plain", b"").await;
-    // A write whose body never finishes holds the only slot.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
-    let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
-    let request = http::Request::post("/s")
-        .header("content-type", "text/plain")
-        .body(body)
-        .expect("request");
-    let stuck = tokio::spawn(svc.clone().oneshot(request));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let refused = post(&svc, "/s", "text/plain", b"y").await;
-    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(refused.header("retry-after"), Some("1"));
-    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"x"))))
-        .await
-        .expect("send");
-    drop(tx);
-    let done = stuck.await.expect("task").expect("infallible");
-    assert_eq!(done.status(), StatusCode::NO_CONTENT);
-    assert_eq!(get(&svc, "/s").await.text(), "x");
-}
-
-/// A stream over an mpsc receiver.
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_core::Stream<Item = T> + Send {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
 /// A body of several frames (and trailers), as a chunked upload arrives.
 fn framed(pieces: &[&'static [u8]]) -> impl http_body::Body<Data = Bytes, Error = std::io::Error> {
     let mut frames: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = pieces
@@ -152,5 +117,114 @@ async fn a_body_in_many_frames_is_appended_whole_and_limited_whole() {
         get(&svc, "/s").await.text(),
         "abcdef",
         "nothing of the refused body"
+    );
+}
+
+/// A request body that delivers `first` and then nothing, ever.
+struct Stalled(Option<Bytes>);
+
+impl http_body::Body for Stalled {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.0.take() {
+            Some(first) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(first)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// Appends `first` and then stalls, on a task of its own.
+fn stalled_append(
+    svc: &DurableStreamsService,
+    path: &str,
+    first: &'static [u8],
+) -> tokio::task::JoinHandle<http::Response<tower_durable_streams::ResponseBody>> {
+    let request = http::Request::post(path)
+        .header("content-type", "text/plain")
+        .body(Stalled(Some(Bytes::from_static(first))))
+        .expect("request");
+    let svc = svc.clone();
+    tokio::spawn(async move { svc.oneshot(request).await.expect("infallible") })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_slower_than_the_minimum_rate_gets_408_and_writes_nothing() {
+    let svc = DurableStreamsService::builder()
+        .min_body_rate(1_000, Duration::from_secs(2))
+        .build()
+        .expect("service");
+    put(&svc, "/s", "text/plain", b"a").await;
+    let started = tokio::time::Instant::now();
+    let slow = stalled_append(&svc, "/s", b"0123456789")
+        .await
+        .expect("task");
+    assert_eq!(slow.status(), StatusCode::REQUEST_TIMEOUT);
+    // Two seconds of grace, and ten bytes at 1,000 bytes/s earn 10 ms more.
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(2_010), "{waited:?}");
+    assert!(waited < Duration::from_millis(2_100), "{waited:?}");
+    assert_eq!(get(&svc, "/s").await.text(), "a");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_upload_holds_no_write_slot() {
+    let svc = DurableStreamsService::builder()
+        .max_inflight_writes(1)
+        .build()
+        .expect("service");
+    put(&svc, "/s", "text/plain", b"").await;
+    let slow = stalled_append(&svc, "/s", b"slow");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        post(&svc, "/s", "text/plain", b"quick").await.status,
+        StatusCode::NO_CONTENT,
+        "the one write slot is free while the slow body trickles in"
+    );
+    assert_eq!(
+        slow.await.expect("task").status(),
+        StatusCode::REQUEST_TIMEOUT
+    );
+    assert_eq!(get(&svc, "/s").await.text(), "quick");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bodies_being_received_share_one_budget() {
+    let svc = DurableStreamsService::builder()
+        .max_append_bytes(100)
+        .max_buffered_body_bytes(100)
+        .min_body_rate(1, Duration::from_secs(5))
+        .build()
+        .expect("service");
+    put(&svc, "/s", "text/plain", b"").await;
+    let holder = stalled_append(&svc, "/s", &[b'x'; 90]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = post(&svc, "/s", "text/plain", &[b'y'; 20]).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.json()["code"], "TOO_MANY_UPLOADS");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(
+        holder.await.expect("task").status(),
+        StatusCode::REQUEST_TIMEOUT
+    );
+    assert_eq!(
+        post(&svc, "/s", "text/plain", &[b'y'; 20]).await.status,
+        StatusCode::NO_CONTENT,
+        "the budget came back with the refused body"
+    );
+    assert_eq!(
+        DurableStreamsService::builder()
+            .max_append_bytes(100)
+            .max_buffered_body_bytes(99)
+            .build()
+            .err(),
+        Some(tower_durable_streams::BuildError::BodyBudget {
+            budget: 99,
+            append: 100
+        })
     );
 }

@@ -42,6 +42,7 @@ async fn tls_with_h2_and_http1() {
         .env("DS_SERVER__PORT", "0")
         .env("DS_TLS__CERT_PATH", &cert_path)
         .env("DS_TLS__KEY_PATH", &key_path)
+        .env("DS_SERVER__TLS_HANDSHAKE_TIMEOUT_MS", "1000")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -145,6 +146,20 @@ async fn tls_with_h2_and_http1() {
             .to_bytes()[..],
         b"over tls"
     );
+
+    // A client that opens a connection and never starts the handshake is
+    // closed after the handshake timeout.
+    let mut silent = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let mut byte = [0u8; 1];
+    let ended = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut silent, &mut byte),
+    )
+    .await
+    .expect("the silent connection was closed");
+    assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
 
     child.kill().expect("kill");
     child.wait().expect("wait");

@@ -11,6 +11,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::connection::Timeouts;
+
 /// Where streams are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -69,6 +71,16 @@ pub struct ServerSection {
     pub sse_reconnect_interval_secs: u64,
     /// How long shutdown waits for connections to drain.
     pub shutdown_grace_ms: u64,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Longest a request head may take from its first byte.
+    pub header_read_timeout_ms: u64,
+    /// Longest a TLS handshake may take.
+    pub tls_handshake_timeout_ms: u64,
+    /// A connection with no request in progress closes after this long.
+    pub idle_timeout_ms: u64,
+    /// A connection whose client reads nothing of our answer for this long closes.
+    pub write_stall_timeout_ms: u64,
 }
 
 impl Default for ServerSection {
@@ -79,6 +91,11 @@ impl Default for ServerSection {
             long_poll_timeout_secs: 30,
             sse_reconnect_interval_secs: 60,
             shutdown_grace_ms: 900,
+            max_connections: 16_384,
+            header_read_timeout_ms: 10_000,
+            tls_handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            write_stall_timeout_ms: 30_000,
         }
     }
 }
@@ -144,6 +161,12 @@ pub struct LimitsSection {
     pub max_live_readers: usize,
     /// Writes in progress at once (503 beyond).
     pub max_inflight_writes: usize,
+    /// Request-body bytes held at once across all writes (503 beyond).
+    pub max_buffered_body_bytes: usize,
+    /// Slowest average request-body rate after the grace (408 below).
+    pub min_body_rate: u64,
+    /// How long a request body may take before `min_body_rate` applies.
+    pub body_grace_ms: u64,
 }
 
 impl Default for LimitsSection {
@@ -154,6 +177,9 @@ impl Default for LimitsSection {
             max_memory_bytes: 1024 * 1024 * 1024,
             max_live_readers: 10_000,
             max_inflight_writes: 1_024,
+            max_buffered_body_bytes: 256 * 1024 * 1024,
+            min_body_rate: 1_024,
+            body_grace_ms: 10_000,
         }
     }
 }
@@ -194,6 +220,14 @@ impl Config {
 
     pub fn sse_reconnect_interval(&self) -> Duration {
         Duration::from_secs(self.server.sse_reconnect_interval_secs)
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            header_read: Duration::from_millis(self.server.header_read_timeout_ms),
+            idle: Duration::from_millis(self.server.idle_timeout_ms),
+            write_stall: Duration::from_millis(self.server.write_stall_timeout_ms),
+        }
     }
 
     /// Loads every layer and checks the result.
@@ -273,10 +307,41 @@ impl Config {
                 "limits.max_inflight_writes",
                 self.limits.max_inflight_writes as u64,
             ),
+            ("limits.min_body_rate", self.limits.min_body_rate),
+            ("limits.body_grace_ms", self.limits.body_grace_ms),
+            ("server.max_connections", self.server.max_connections as u64),
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.tls_handshake_timeout_ms",
+                self.server.tls_handshake_timeout_ms,
+            ),
+            ("server.idle_timeout_ms", self.server.idle_timeout_ms),
+            (
+                "server.write_stall_timeout_ms",
+                self.server.write_stall_timeout_ms,
+            ),
         ] {
             if value == 0 {
                 return at(key, "must be greater than zero".into());
             }
+        }
+        if self.limits.max_buffered_body_bytes < self.limits.max_append_bytes {
+            return at(
+                "limits.max_buffered_body_bytes",
+                format!(
+                    "{} is smaller than limits.max_append_bytes ({})",
+                    self.limits.max_buffered_body_bytes, self.limits.max_append_bytes
+                ),
+            );
+        }
+        if self.server.max_connections > u32::MAX as usize {
+            return at(
+                "server.max_connections",
+                "must be at most 4294967295".into(),
+            );
         }
         match (&self.tls.cert_path, &self.tls.key_path) {
             (Some(_), None) => {

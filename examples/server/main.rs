@@ -27,6 +27,7 @@
 
 mod backup;
 mod config;
+mod connection;
 mod serve;
 mod storage;
 mod tls;

@@ -11,8 +11,8 @@ use axum::Router;
 use http::{HeaderValue, Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_durable_streams::headers::{REQUEST_HEADERS, RESPONSE_HEADERS};
@@ -20,6 +20,7 @@ use tower_durable_streams::{DurableStreamsService, ResponseBody, WithFallback};
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
 use crate::config::Config;
+use crate::connection::{drive, within, Activity, Tracked, Watched};
 use crate::storage::{open_blocking, Describe};
 use crate::{fail, tls, BASE_PATH};
 
@@ -146,6 +147,11 @@ fn open(
             .max_append_bytes(config.limits.max_append_bytes)
             .max_live_readers(config.limits.max_live_readers)
             .max_inflight_writes(config.limits.max_inflight_writes)
+            .max_buffered_body_bytes(config.limits.max_buffered_body_bytes)
+            .min_body_rate(
+                config.limits.min_body_rate,
+                Duration::from_millis(config.limits.body_grace_ms),
+            )
             .trust_forwarded_headers(config.http.trust_forwarded_headers)
             .shutdown(shutdown);
         let builder = match config.limits.max_stream_bytes {
@@ -232,9 +238,27 @@ pub async fn serve(config: Config) {
     };
 
     let server = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
+    let timeouts = config.timeouts();
+    let handshake_timeout = Duration::from_millis(config.server.tls_handshake_timeout_ms);
+    // One permit per open connection: at the cap, new connections wait in the
+    // listen backlog until one closes (timeouts make sure one does).
+    let max_connections = config.server.max_connections;
+    let connections = Arc::new(Semaphore::new(max_connections));
     let mut signal = std::pin::pin!(shutdown_signal());
     loop {
+        let permit = match connections.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                tracing::warn!(
+                    max_connections,
+                    "connection cap reached: new connections wait until one closes"
+                );
+                tokio::select! {
+                    permit = connections.clone().acquire_owned() => permit.expect("never closed"),
+                    () = &mut signal => break,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -248,46 +272,51 @@ pub async fn serve(config: Config) {
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let activity = Activity::new();
                 let https = tls.is_some();
                 let service = {
-                    let route = route.clone();
+                    let (route, activity) = (route.clone(), activity.clone());
                     hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                        let in_flight = activity.begin();
                         // HTTP/1.1 request URIs carry no scheme: say it is
                         // TLS, so that Location headers say https.
                         if https {
                             request.extensions_mut().insert(http::uri::Scheme::HTTPS);
                         }
-                        route(request)
+                        let answer = route(request);
+                        async move {
+                            let response = answer.await?;
+                            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+                        }
                     })
                 };
-                match &tls {
-                    None => {
-                        let connection = server.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        let connection = graceful.watch(connection.into_owned());
-                        tokio::spawn(async move {
-                            if let Err(e) = connection.await {
-                                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                            }
-                        });
-                    }
-                    Some(acceptor) => {
-                        // The handshake runs in the connection's task, never in the accept loop.
-                        let (acceptor, server, watcher) = (acceptor.clone(), server.clone(), graceful.watcher());
-                        tokio::spawn(async move {
-                            let stream = match acceptor.accept(stream).await {
-                                Ok(stream) => stream,
-                                Err(e) => {
+                let (server, shutdown, tls) = (server.clone(), shutdown.clone(), tls.clone());
+                let stream = Watched::new(stream, activity.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tls {
+                        None => {
+                            let connection = server.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            drive(connection, activity, timeouts, shutdown, peer).await;
+                        }
+                        Some(acceptor) => {
+                            // The handshake runs in the connection's task, never in the accept loop.
+                            let stream = match within(handshake_timeout, acceptor.accept(stream)).await {
+                                Some(Ok(stream)) => stream,
+                                Some(Err(e)) => {
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                None => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
                                     return;
                                 }
                             };
                             let connection = server.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                            }
-                        });
+                            drive(connection, activity, timeouts, shutdown, peer).await;
+                        }
                     }
-                }
+                });
             }
             () = &mut signal => break,
         }
@@ -298,8 +327,10 @@ pub async fn serve(config: Config) {
     tracing::info!("shutting down");
     shutdown.cancel();
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    // Every connection's task holds a permit until it ends.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        _ = connections.acquire_many(all) => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!("connections still open after the grace period were closed");
         }

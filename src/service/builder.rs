@@ -50,6 +50,14 @@ pub enum BuildError {
     /// A size setting is zero.
     #[error("{0} must be greater than zero")]
     ZeroSize(&'static str),
+    /// The body budget cannot hold even one body of `max_append_bytes`.
+    #[error("max_buffered_body_bytes ({budget}) must be at least max_append_bytes ({append})")]
+    BodyBudget {
+        /// The budget asked for.
+        budget: usize,
+        /// The largest body.
+        append: usize,
+    },
 }
 
 /// Configures a [`DurableStreamsService`].
@@ -84,6 +92,9 @@ pub struct Builder {
     max_stream_bytes: Option<u64>,
     max_live_readers: usize,
     max_inflight_writes: usize,
+    max_buffered_body_bytes: Option<usize>,
+    body_grace: Duration,
+    min_body_rate: u64,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::Metrics>,
 }
@@ -106,6 +117,9 @@ impl Default for Builder {
             max_stream_bytes: None,
             max_live_readers: 10_000,
             max_inflight_writes: 1_024,
+            max_buffered_body_bytes: None,
+            body_grace: Duration::from_secs(10),
+            min_body_rate: 1_024,
             #[cfg(feature = "metrics")]
             metrics: None,
         }
@@ -240,6 +254,38 @@ impl Builder {
         self
     }
 
+    /// The most request-body bytes held at once across every create and append
+    /// being received or written; a body that would cross it gets 503 with
+    /// `Retry-After`, so memory stays bounded whatever clients send. Defaults
+    /// to 256 MiB or `max_append_bytes`, whichever is larger; `build()` refuses
+    /// a budget smaller than `max_append_bytes`.
+    pub fn max_buffered_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_buffered_body_bytes = Some(bytes);
+        self
+    }
+
+    /// How slowly a request body may arrive: after `grace`, at least
+    /// `bytes_per_second` on average since the request head, or the request
+    /// gets 408 and nothing is written. Write slots are taken only once the
+    /// whole body is in, so a slow uploader never holds one. Defaults to
+    /// 1 KiB/s after 10 seconds.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_durable_streams::DurableStreamsService;
+    ///
+    /// let service = DurableStreamsService::builder()
+    ///     .min_body_rate(64 * 1024, Duration::from_secs(5))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = service;
+    /// ```
+    pub fn min_body_rate(mut self, bytes_per_second: u64, grace: Duration) -> Self {
+        self.min_body_rate = bytes_per_second;
+        self.body_grace = grace;
+        self
+    }
+
     /// Counts requests, latency, appends, bytes and live readers into
     /// `metrics` (feature `metrics`). Defaults to none.
     #[cfg(feature = "metrics")]
@@ -271,6 +317,7 @@ impl Builder {
             ("sse_reconnect_interval", self.sse_reconnect_interval),
             ("cursor_interval", self.cursor_interval),
             ("expiry_sweep_interval", self.expiry_sweep_interval),
+            ("min_body_rate grace", self.body_grace),
         ] {
             if value.is_zero() {
                 return Err(BuildError::ZeroDuration(name));
@@ -281,11 +328,26 @@ impl Builder {
             ("max_read_bytes", self.max_read_bytes),
             ("max_live_readers", self.max_live_readers),
             ("max_inflight_writes", self.max_inflight_writes),
+            (
+                "min_body_rate",
+                self.min_body_rate.min(usize::MAX as u64) as usize,
+            ),
         ] {
             if value == 0 {
                 return Err(BuildError::ZeroSize(name));
             }
         }
+        let body_budget = match self.max_buffered_body_bytes {
+            None => self.max_append_bytes.max(256 * 1024 * 1024),
+            Some(budget) if budget < self.max_append_bytes => {
+                return Err(BuildError::BodyBudget {
+                    budget,
+                    append: self.max_append_bytes,
+                })
+            }
+            Some(budget) => budget,
+        }
+        .min(Semaphore::MAX_PERMITS);
         let storage = self
             .storage
             .unwrap_or_else(|| Arc::new(MemoryStorage::new()));
@@ -302,6 +364,11 @@ impl Builder {
                 #[cfg(feature = "metrics")]
                 metrics: self.metrics,
                 inflight_writes: Arc::new(Semaphore::new(self.max_inflight_writes)),
+                body_budget: Arc::new(Semaphore::new(body_budget)),
+                pace: super::upload::Pace {
+                    grace: self.body_grace,
+                    min_rate: self.min_body_rate,
+                },
                 authorizer: self.authorizer,
                 shutdown,
                 base_path: self.base_path,

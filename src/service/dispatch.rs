@@ -44,8 +44,9 @@ where
             &*shared
         }
     };
-    let _write = match parts.method {
-        Method::PUT | Method::POST | Method::DELETE => Some(write_permit(&inner)?),
+    // Creates and appends take their write slot once their body is in.
+    let _slot = match parts.method {
+        Method::DELETE => Some(write_slot(&inner)?),
         _ => None,
     };
     match parts.method {
@@ -88,7 +89,7 @@ pub(super) fn operation_name(method: &Method, query: Option<&str>) -> &'static s
 }
 
 /// A slot among the writes in progress, or 503 with `Retry-After`.
-fn write_permit(inner: &Inner) -> Result<OwnedSemaphorePermit, Problem> {
+pub(super) fn write_slot(inner: &Inner) -> Result<OwnedSemaphorePermit, Problem> {
     inner
         .inflight_writes
         .clone()

@@ -18,6 +18,7 @@ mod operations;
 mod problem;
 mod request;
 mod responses;
+mod upload;
 
 pub use body::{BoxError, ResponseBody};
 pub use builder::{BuildError, Builder, CachePolicy};
@@ -128,6 +129,8 @@ pub(crate) struct Inner {
     metrics: Option<crate::metrics::Metrics>,
     live_readers: Arc<Semaphore>,
     inflight_writes: Arc<Semaphore>,
+    body_budget: Arc<Semaphore>,
+    pace: upload::Pace,
     authorizer: Option<Arc<dyn Authorizer>>,
     shutdown: CancellationToken,
     base_path: Option<String>,

@@ -4,18 +4,16 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use http::header::{
-    HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, HOST, IF_NONE_MATCH, LOCATION,
-};
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG, HOST, IF_NONE_MATCH, LOCATION};
 use http::request::Parts;
 use http::{HeaderMap, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 
-use super::live;
+use super::dispatch::write_slot;
 use super::problem::Problem;
 use super::request::{header_str, parse_query};
 use super::responses::{catch_up_response, empty, set, set_offset};
+use super::{live, upload};
 use super::{BoxError, Inner, ResponseBody};
 use crate::engine::{AppendKind, AppendRequest, BodyType, CreateRequest, ForkRequest, Key};
 use crate::protocol::{
@@ -80,7 +78,9 @@ where
     };
     let closed = closed_flag(headers);
     let location = location(&inner, parts, &key);
-    let body = body_bytes(&inner, headers, body).await?;
+    // The body first, then a write slot: a slow uploader holds no slot.
+    let (body, _held) = upload::receive(&inner, headers, body).await?;
+    let _slot = write_slot(&inner)?;
     let created = inner
         .engine
         .create(
@@ -137,7 +137,8 @@ where
         Some(ct) => BodyType::Given(ct.to_owned()),
         None => BodyType::Missing,
     };
-    let body = body_bytes(&inner, headers, body).await?;
+    let (body, _held) = upload::receive(&inner, headers, body).await?;
+    let _slot = write_slot(&inner)?;
     let has_body = !body.is_empty();
     let with_producer = producer.is_some();
     let appended = inner
@@ -350,66 +351,6 @@ fn forwarded(headers: &HeaderMap) -> Forwarded<'_> {
         .filter(|h| !h.is_empty() && h.parse::<http::uri::Authority>().is_ok());
     found.proto = found.proto.filter(|p| !p.is_empty());
     found
-}
-
-/// Reads a request body up to the configured limit (413 beyond it).
-async fn body_bytes<B>(inner: &Inner, headers: &HeaderMap, body: B) -> Result<Bytes, Problem>
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let too_large = || {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PAYLOAD_TOO_LARGE",
-            format!("request body exceeds {} bytes", inner.max_append_bytes),
-        )
-    };
-    let declared = header_str(headers, &CONTENT_LENGTH)?.and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > inner.max_append_bytes as u64) {
-        return Err(too_large());
-    }
-    let failed = |e: BoxError| {
-        // The limit may be ours or a host layer's (tower-http's
-        // RequestBodyLimitLayer): look for it anywhere in the chain.
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-        while let Some(error) = cause {
-            if error.is::<http_body_util::LengthLimitError>() {
-                return too_large();
-            }
-            cause = error.source();
-        }
-        Problem::bad_request(format!("could not read the request body: {e}"))
-    };
-    // Most bodies arrive as one data frame: hand that out as is, and only
-    // concatenate when there are more.
-    let mut body = std::pin::pin!(Limited::new(body, inner.max_append_bytes));
-    let Some(first) = next_data(body.as_mut()).await.map_err(failed)? else {
-        return Ok(Bytes::new());
-    };
-    let Some(second) = next_data(body.as_mut()).await.map_err(failed)? else {
-        return Ok(first);
-    };
-    let mut joined = BytesMut::with_capacity(first.len() + second.len());
-    joined.extend_from_slice(&first);
-    joined.extend_from_slice(&second);
-    while let Some(more) = next_data(body.as_mut()).await.map_err(failed)? {
-        joined.extend_from_slice(&more);
-    }
-    Ok(joined.freeze())
-}
-
-/// The next data frame of a body; trailers carry nothing to append.
-async fn next_data<B>(mut body: std::pin::Pin<&mut B>) -> Result<Option<Bytes>, B::Error>
-where
-    B: http_body::Body<Data = Bytes>,
-{
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            return Ok(Some(data));
-        }
-    }
-    Ok(None)
 }
 
 #[cfg(test)]

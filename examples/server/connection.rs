@@ -1,0 +1,328 @@
+//! One client connection and the timeouts that keep a slow or hostile client
+//! from holding it: a request head must arrive within `header_read_timeout`,
+//! a connection with nothing in progress closes after `idle_timeout`, and one
+//! whose client stops reading our answers closes after `write_stall_timeout`.
+//!
+//! hyper sees the connection through [`Watched`], which notes when bytes
+//! arrive and when a write cannot proceed; the service counts the requests in
+//! progress with [`InFlight`] (held until the response body is done, so a
+//! long SSE answer counts). [`drive`] sleeps until the next deadline and
+//! checks it against those notes.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+use tower_durable_streams::{BoxError, ResponseBody};
+
+/// The connection timeouts, from `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub write_stall: Duration,
+}
+
+/// Milliseconds since the first call, plus one: 0 stands for "never".
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// What the connection's watchdog knows of it.
+#[derive(Debug)]
+pub struct Activity {
+    /// Requests whose response is not finished.
+    in_flight: AtomicUsize,
+    /// When the last request finished (or the connection opened).
+    quiet_since: AtomicU64,
+    /// When bytes first arrived with no request in progress: a head is coming.
+    head_started: AtomicU64,
+    /// Since when a write has been waiting for the client to read.
+    write_blocked_since: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            quiet_since: AtomicU64::new(now_ms()),
+            head_started: AtomicU64::new(0),
+            write_blocked_since: AtomicU64::new(0),
+        })
+    }
+
+    /// A request starts; it ends when the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(0, Ordering::Release);
+        InFlight(self.clone())
+    }
+
+    fn read(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == 0
+        {
+            self.head_started.store(now_ms(), Ordering::Release);
+        }
+    }
+
+    fn write_blocked(&self, blocked: bool) {
+        let since = self.write_blocked_since.load(Ordering::Acquire);
+        match (blocked, since) {
+            (true, 0) => self.write_blocked_since.store(now_ms(), Ordering::Release),
+            (false, s) if s != 0 => self.write_blocked_since.store(0, Ordering::Release),
+            _ => {}
+        }
+    }
+
+    /// Whether the connection should close now, and if not, when to look again.
+    fn check(&self, limits: &Timeouts, now: u64) -> Result<u64, &'static str> {
+        let after = |since: u64, limit: Duration| since + limit.as_millis() as u64;
+        let blocked = self.write_blocked_since.load(Ordering::Acquire);
+        if blocked != 0 && now >= after(blocked, limits.write_stall) {
+            return Err("the client stopped reading");
+        }
+        let mut next = if blocked != 0 {
+            after(blocked, limits.write_stall)
+        } else {
+            now + limits.write_stall.as_millis() as u64
+        };
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            let head = self.head_started.load(Ordering::Acquire);
+            let deadline = if head != 0 {
+                after(head, limits.header_read)
+            } else {
+                after(self.quiet_since.load(Ordering::Acquire), limits.idle)
+            };
+            if now >= deadline {
+                return Err(if head != 0 {
+                    "no complete request head within the header read timeout"
+                } else {
+                    "idle"
+                });
+            }
+            next = next.min(deadline);
+        }
+        Ok(next)
+    }
+}
+
+/// A request in progress on a connection.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.quiet_since.store(now_ms(), Ordering::Release);
+            self.0.head_started.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// A response body that keeps its request counted until it is done.
+pub struct Tracked {
+    body: ResponseBody,
+    _in_flight: InFlight,
+}
+
+impl Tracked {
+    pub fn new(body: ResponseBody, in_flight: InFlight) -> Self {
+        Tracked {
+            body,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A socket whose reads and blocked writes are noted in an [`Activity`].
+pub struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Watched<T> {
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Watched { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.activity.write_blocked(polled.is_pending());
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.write_blocked(polled.is_pending());
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.activity.write_blocked(polled.is_pending());
+        polled
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves `connection` until it ends, the server shuts down (gracefully), or
+/// a timeout closes it (gracefully first; cut if it is still there at the
+/// next check, which is at most a second later).
+pub async fn drive<C>(
+    connection: C,
+    activity: Arc<Activity>,
+    limits: Timeouts,
+    shutdown: CancellationToken,
+    peer: std::net::SocketAddr,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut closing: Option<&'static str> = None;
+    let mut draining = false;
+    loop {
+        let now = now_ms();
+        let next = match activity.check(&limits, now) {
+            Ok(next) => next,
+            Err(reason) if closing.is_some() => {
+                tracing::debug!(%peer, reason, "connection cut");
+                return;
+            }
+            Err(reason) => {
+                tracing::debug!(%peer, reason, "closing connection");
+                closing = Some(reason);
+                connection.as_mut().graceful_shutdown();
+                now + 1_000
+            }
+        };
+        let wake = tokio::time::Instant::now() + Duration::from_millis(next.saturating_sub(now));
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+/// Waits at most `limit` for `handshake`.
+pub async fn within<F: Future>(limit: Duration, handshake: F) -> Option<F::Output> {
+    tokio::time::timeout(limit, handshake).await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Timeouts {
+        Timeouts {
+            header_read: Duration::from_millis(100),
+            idle: Duration::from_millis(1_000),
+            write_stall: Duration::from_millis(500),
+        }
+    }
+
+    #[test]
+    fn an_idle_connection_closes_after_the_idle_timeout() {
+        let activity = Activity::new();
+        let start = activity.quiet_since.load(Ordering::Acquire);
+        assert_eq!(activity.check(&limits(), start), Ok(start + 500));
+        assert_eq!(activity.check(&limits(), start + 999), Ok(start + 1_000));
+        assert_eq!(activity.check(&limits(), start + 1_000), Err("idle"));
+    }
+
+    #[test]
+    fn a_partial_head_gets_the_header_timeout_and_a_request_none() {
+        let activity = Activity::new();
+        activity.read();
+        let head = activity.head_started.load(Ordering::Acquire);
+        assert!(activity.check(&limits(), head + 100).is_err());
+        let request = activity.begin();
+        assert!(activity.check(&limits(), head + 10_000).is_ok(), "busy");
+        drop(request);
+        let quiet = activity.quiet_since.load(Ordering::Acquire);
+        assert_eq!(activity.check(&limits(), quiet + 999).map(|_| ()), Ok(()));
+    }
+
+    #[test]
+    fn a_blocked_write_closes_even_with_a_request_in_progress() {
+        let activity = Activity::new();
+        let _request = activity.begin();
+        activity.write_blocked(true);
+        let since = activity.write_blocked_since.load(Ordering::Acquire);
+        assert_eq!(activity.check(&limits(), since + 10), Ok(since + 500));
+        assert!(activity.check(&limits(), since + 500).is_err());
+        activity.write_blocked(false);
+        assert!(activity.check(&limits(), since + 5_000).is_ok());
+    }
+}
