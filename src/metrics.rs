@@ -3,7 +3,7 @@
 //!
 //! Off unless the host asks: create [`Metrics`], give it to
 //! [`Builder::metrics`](crate::Builder::metrics), and serve
-//! [`Metrics::render`] where Prometheus scrapes.
+//! [`Metrics::render`] with [`Metrics::CONTENT_TYPE`] where Prometheus scrapes.
 //!
 //! ```
 //! use tower_durable_streams::metrics::Metrics;
@@ -76,6 +76,17 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
+    /// The media type of [`render`](Self::render)'s text: OpenMetrics 1.0,
+    /// which Prometheus scrapes. Serve it as the response's `Content-Type`.
+    ///
+    /// ```
+    /// use tower_durable_streams::metrics::Metrics;
+    ///
+    /// assert!(Metrics::CONTENT_TYPE.starts_with("application/openmetrics-text"));
+    /// ```
+    pub const CONTENT_TYPE: &'static str =
+        "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
     /// A fresh set, registered under the `durable_streams_` prefix.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("durable_streams");
@@ -125,9 +136,10 @@ impl Metrics {
         }
     }
 
-    /// Adds text in Prometheus exposition format to every [`render`](Self::render),
-    /// for figures the host collects itself (such as a storage backend's flush
-    /// counters).
+    /// Adds text in OpenMetrics exposition format (counters typed under their
+    /// bare name, samples ending in `_total`; no `# EOF`) to every
+    /// [`render`](Self::render), for figures the host collects itself (such as
+    /// a storage backend's flush counters).
     pub fn add_collector(&self, collector: impl Fn() -> String + Send + Sync + 'static) {
         self.inner
             .collectors
@@ -136,7 +148,8 @@ impl Metrics {
             .push(Box::new(collector));
     }
 
-    /// The metrics in Prometheus text exposition format.
+    /// The metrics in OpenMetrics text format ([`CONTENT_TYPE`](Self::CONTENT_TYPE)),
+    /// ending with `# EOF`.
     pub fn render(&self) -> String {
         let mut text = String::new();
         let _ = encode_registry(&mut text, &self.inner.registry);

@@ -40,6 +40,10 @@ async fn metrics_count_the_traffic() {
     client.0.ready().await.expect("connection ready");
     let response = client.0.send_request(request).await.expect("metrics");
     assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
     use http_body_util::BodyExt;
     let body = response
         .into_body()
@@ -74,5 +78,26 @@ async fn metrics_count_the_traffic() {
     assert!(metrics.contains("durable_streams_storage_batch_size_bucket{le=\"1\"}"));
     assert!(metrics.contains("durable_streams_request_duration_seconds_bucket"));
     assert!(metrics.trim_end().ends_with("# EOF"));
+    // A real OpenMetrics parser reads all of it, with the types we declare.
+    let parsed = openmetrics_parser::openmetrics::parse_openmetrics(&metrics)
+        .unwrap_or_else(|e| panic!("not OpenMetrics text: {e:?}\n{metrics}"));
+    for (family, kind) in [
+        ("durable_streams_appends", "counter"),
+        ("durable_streams_requests", "counter"),
+        ("durable_streams_request_duration_seconds", "histogram"),
+        ("durable_streams_live_readers", "gauge"),
+        ("durable_streams_storage_fsyncs", "counter"),
+        ("durable_streams_storage_batch_size", "histogram"),
+    ] {
+        let found = parsed
+            .families
+            .get(family)
+            .unwrap_or_else(|| panic!("no family {family}"));
+        assert_eq!(
+            format!("{:?}", found.family_type).to_lowercase(),
+            kind,
+            "{family}"
+        );
+    }
     server.kill();
 }

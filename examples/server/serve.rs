@@ -114,7 +114,7 @@ fn router(config: &Config, metrics: &Metrics, ready: &Ready) -> Router {
                 let metrics = metrics.clone();
                 async move {
                     (
-                        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                        [("content-type", Metrics::CONTENT_TYPE)],
                         metrics.render(),
                     )
                 }
