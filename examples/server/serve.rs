@@ -112,12 +112,7 @@ fn router(config: &Config, metrics: &Metrics, ready: &Ready) -> Router {
             &config.metrics.path,
             get(move || {
                 let metrics = metrics.clone();
-                async move {
-                    (
-                        [("content-type", Metrics::CONTENT_TYPE)],
-                        metrics.render(),
-                    )
-                }
+                async move { ([("content-type", Metrics::CONTENT_TYPE)], metrics.render()) }
             }),
         );
     }

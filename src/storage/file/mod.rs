@@ -98,6 +98,12 @@ struct Shared {
     queue: Mutex<Option<mpsc::Sender<Op>>>,
     open_segments: Mutex<HashMap<u32, Arc<File>>>,
     poisoned: AtomicBool,
+    /// The last batch did not fit on the disk.
+    full: AtomicBool,
+    /// The size of that batch.
+    needed: AtomicU64,
+    /// The reserve file is there (see `writer::make_reserve`).
+    reserve_present: AtomicBool,
     stats: Stats,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     _lock: File,
@@ -160,6 +166,9 @@ impl FileStorage {
             queue: Mutex::new(Some(tx)),
             open_segments: Mutex::default(),
             poisoned: AtomicBool::new(false),
+            full: AtomicBool::new(false),
+            needed: AtomicU64::new(0),
+            reserve_present: AtomicBool::new(writer::make_reserve(&dir).is_ok()),
             stats: Stats::default(),
             thread: Mutex::new(None),
             _lock: lock,
@@ -172,6 +181,8 @@ impl FileStorage {
             file,
             size,
             buffer: Vec::with_capacity(1 << 20),
+            undo: HashMap::new(),
+            reserve_tried: None,
         };
         let thread = std::thread::Builder::new()
             .name("ds-file-writer".into())
@@ -334,6 +345,46 @@ impl Storage for FileStorage {
         });
         answer(submitted, rx)
     }
+
+    /// Fails once the writer stopped for good, and while the disk is full:
+    /// then a probe write of the refused batch's size tells whether room has
+    /// come back (writes resume by themselves with the next batch).
+    fn health(&self) -> StorageFuture<'_, ()> {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Box::pin(async { Err(poisoned()) });
+        }
+        if !self.shared.full.load(Ordering::Acquire) {
+            return Box::pin(async { Ok(()) });
+        }
+        let dir = self.shared.dir.clone();
+        // Room for the batch that did not fit (at least 64 KiB, at most 16 MiB).
+        let needed = self.shared.needed.load(Ordering::Acquire);
+        let probe = needed.clamp(64 * 1024, 16 * 1024 * 1024) as usize;
+        Box::pin(async move {
+            let probed = tokio::task::spawn_blocking(move || room_for(&dir, probe))
+                .await
+                .map_err(|e| StorageError::Io(io::Error::other(e)))?;
+            if probed {
+                Ok(())
+            } else {
+                Err(StorageError::Full)
+            }
+        })
+    }
+}
+
+/// Whether `bytes` more can be written in `dir` now.
+fn room_for(dir: &Path, bytes: usize) -> bool {
+    use std::io::Write;
+    let path = dir.join("space-probe");
+    let fits = File::create(&path)
+        .and_then(|mut file| {
+            file.write_all(&vec![0u8; bytes])?;
+            file.sync_data()
+        })
+        .is_ok();
+    let _ = fs::remove_file(&path);
+    fits
 }
 
 #[cfg(test)]

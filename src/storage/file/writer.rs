@@ -1,9 +1,10 @@
 //! The writer thread: group commit of every queued operation.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use bytes::BytesMut;
 use tokio::sync::oneshot;
@@ -12,11 +13,11 @@ use super::format::{
     header, segment_path, sync_dir, Header, HEADER_LEN, KIND_APPEND, KIND_CREATE, KIND_DELETE,
     KIND_SOFT_DELETE,
 };
-use super::index::apply;
+use super::index::{apply, Entry, Index, Piece};
 use super::{Durability, Shared};
 use crate::storage::codec::{self, Writer};
 use crate::storage::queue::{reject, Op};
-use crate::storage::{CreateOutcome, StorageError};
+use crate::storage::{CreateOutcome, StorageError, StreamRecord};
 
 /// Most bytes one flush gathers before writing.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
@@ -29,6 +30,69 @@ pub(super) struct LogWriter {
     pub(super) file: File,
     pub(super) size: u64,
     pub(super) buffer: Vec<u8>,
+    /// Each stream this batch changed, as it was before (`None`: created here).
+    pub(super) undo: HashMap<String, Option<Before>>,
+    pub(super) reserve_tried: Option<std::time::Instant>,
+}
+
+/// A stream's index entry before a batch changed it.
+pub(super) struct Before {
+    record: StreamRecord,
+    pieces: usize,
+    corrupt: bool,
+    /// Its pieces, when the batch deleted it.
+    removed: Option<Vec<Piece>>,
+}
+
+/// Whether an error means the disk (or the quota) is full.
+fn out_of_space(e: &io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    e.kind() == io::ErrorKind::StorageFull
+        || e.kind() == io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
+}
+
+/// How much an operation adds to a batch.
+fn weight(op: &Op) -> usize {
+    match op {
+        Op::Create { initial, .. } => initial.len() + 64,
+        Op::Append { append, .. } => append.data.len() + 64,
+        Op::SoftDelete { .. } | Op::Delete { .. } => 64,
+    }
+}
+
+/// Space kept aside so that deletes can be written on a full disk.
+const RESERVE_BYTES: usize = 1024 * 1024;
+
+fn reserve_path(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("reserve")
+}
+
+/// Writes the reserve file (real blocks, not a sparse file).
+pub(super) fn make_reserve(dir: &std::path::Path) -> io::Result<()> {
+    let path = reserve_path(dir);
+    if fs::metadata(&path).is_ok_and(|m| m.len() == RESERVE_BYTES as u64) {
+        return Ok(());
+    }
+    let written = File::create(&path).and_then(|mut file| {
+        file.write_all(&vec![0u8; RESERVE_BYTES])?;
+        file.sync_all()
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(&path);
+    }
+    written
+}
+
+/// Frees the reserve file's space for the deletes about to be written.
+fn release_reserve(shared: &Shared) {
+    if shared.reserve_present.swap(false, Ordering::AcqRel) {
+        match fs::remove_file(reserve_path(&shared.dir)) {
+            Ok(()) => tracing::warn!("released the log's space reserve for deletes"),
+            Err(e) => tracing::warn!(error = %e, "could not release the log's space reserve"),
+        }
+    }
 }
 
 type Done = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
@@ -44,39 +108,185 @@ impl LogWriter {
             let Some(shared) = self.shared.upgrade() else {
                 return;
             };
-            let mut done: Vec<Done> = Vec::new();
-            let mut pending = Some(first);
-            while let Some(op) = pending.take() {
-                self.process(&shared, op, &mut done);
-                if self.buffer.len() < MAX_BATCH_BYTES {
-                    pending = rx.try_recv().ok();
+            let mut bytes = weight(&first);
+            let mut ops = vec![first];
+            while bytes < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(op) => {
+                        bytes += weight(&op);
+                        ops.push(op);
+                    }
+                    Err(_) => break,
                 }
             }
-            let result = if shared.poisoned.load(Ordering::Acquire) {
-                Err(io::Error::other("the log writer stopped during this batch"))
+            // Out of space: deletes go first, in a batch of their own (with the
+            // reserve released for them), so that they can free room even while
+            // appends keep failing.
+            let going = if shared.full.load(Ordering::Acquire) {
+                let (deletes, rest): (Vec<Op>, Vec<Op>) = ops
+                    .into_iter()
+                    .partition(|op| matches!(op, Op::Delete { .. } | Op::SoftDelete { .. }));
+                if !deletes.is_empty() {
+                    release_reserve(&shared);
+                }
+                (deletes.is_empty() || self.batch(shared.clone(), deletes))
+                    && (rest.is_empty() || self.batch(shared, rest))
             } else {
-                self.flush(&shared)
+                self.batch(shared, ops)
             };
-            if !done.is_empty() {
-                let bucket = (usize::BITS - (done.len() - 1).leading_zeros()) as usize;
-                shared.stats.batch_sizes[bucket.min(12)].fetch_add(1, Ordering::Relaxed);
-            }
-            if result.is_err() {
-                shared.poisoned.store(true, Ordering::Release);
-            }
-            // Let go of the store before answering: once a caller has its answer
-            // and drops the store, nothing here may keep it (and its lock) alive.
-            drop(shared);
-            for finish in done {
-                finish(match &result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(StorageError::Io(io::Error::new(e.kind(), e.to_string()))),
-                });
-            }
-            if result.is_err() {
+            if !going {
                 tracing::error!("log writer stopped after an I/O error");
                 return;
             }
+        }
+    }
+
+    /// Writes one batch and answers its operations; `false` once the writer
+    /// cannot go on.
+    fn batch(&mut self, shared: Arc<Shared>, ops: Vec<Op>) -> bool {
+        let mut done: Vec<Done> = Vec::new();
+        for op in ops {
+            self.process(&shared, op, &mut done);
+        }
+        let result = if shared.poisoned.load(Ordering::Acquire) {
+            Err(io::Error::other("the log writer stopped during this batch"))
+        } else {
+            self.flush(&shared)
+        };
+        if !done.is_empty() {
+            let bucket = (usize::BITS - (done.len() - 1).leading_zeros()) as usize;
+            shared.stats.batch_sizes[bucket.min(12)].fetch_add(1, Ordering::Relaxed);
+        }
+        let mut going = true;
+        let answer = match result {
+            Ok(()) => {
+                self.undo.clear();
+                if shared.full.swap(false, Ordering::AcqRel) {
+                    tracing::info!("the log has room again: writes resume");
+                }
+                self.keep_reserve(&shared);
+                Ok(())
+            }
+            Err(e) if out_of_space(&e) && !shared.poisoned.load(Ordering::Acquire) => {
+                // Nothing of this batch was acknowledged: cut it off the segment
+                // and take it out of the index, then refuse it as a whole.
+                match self.take_back(&shared) {
+                    Ok(()) => {
+                        if !shared.full.swap(true, Ordering::AcqRel) {
+                            tracing::error!(
+                                "the log is out of space: writes get 507 until room is freed"
+                            );
+                        }
+                        Err(StorageError::Full)
+                    }
+                    Err(undo) => {
+                        tracing::error!(error = %undo, "could not take back a batch that did not fit");
+                        going = false;
+                        Err(StorageError::Io(io::Error::new(e.kind(), e.to_string())))
+                    }
+                }
+            }
+            Err(e) => {
+                going = false;
+                Err(StorageError::Io(io::Error::new(e.kind(), e.to_string())))
+            }
+        };
+        if !going {
+            shared.poisoned.store(true, Ordering::Release);
+        }
+        // Let go of the store before answering: once a caller has its answer
+        // and drops the store, nothing here may keep it (and its lock) alive.
+        drop(shared);
+        for finish in done {
+            finish(match &answer {
+                Ok(()) => Ok(()),
+                Err(StorageError::Full) => Err(StorageError::Full),
+                Err(StorageError::Io(e)) => {
+                    Err(StorageError::Io(io::Error::new(e.kind(), e.to_string())))
+                }
+                Err(_) => unreachable!("a batch ends in success, Full or Io"),
+            });
+        }
+        going
+    }
+
+    /// Cuts the current segment back to its length before this batch and
+    /// restores the index entries the batch changed.
+    fn take_back(&mut self, shared: &Shared) -> io::Result<()> {
+        shared
+            .needed
+            .store(self.buffer.len() as u64, Ordering::Release);
+        self.buffer.clear();
+        self.file.set_len(self.size)?;
+        if self.durability == Durability::Fsync {
+            self.file.sync_data()?;
+        }
+        let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
+        for (key, before) in self.undo.drain() {
+            let now = index.streams.remove(&key);
+            if let Some(now) = &now {
+                index.keys.remove(&now.record.config.id);
+            }
+            let Some(before) = before else {
+                continue; // created in this batch
+            };
+            let mut pieces = match (now, before.removed) {
+                (Some(now), _) if now.record.config.id == before.record.config.id => now.pieces,
+                (_, Some(removed)) => removed,
+                _ => Vec::new(),
+            };
+            pieces.truncate(before.pieces);
+            index.keys.insert(before.record.config.id, key.clone());
+            index.streams.insert(
+                key,
+                Entry {
+                    record: before.record,
+                    pieces,
+                    corrupt: before.corrupt,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Notes a stream's index entry before this batch first changes it.
+    fn save(&mut self, index: &Index, key: &str, deleting: bool) {
+        if !self.undo.contains_key(key) {
+            let before = index.streams.get(key).map(|e| Before {
+                record: e.record.clone(),
+                pieces: e.pieces.len(),
+                corrupt: e.corrupt,
+                removed: None,
+            });
+            self.undo.insert(key.to_owned(), before);
+        }
+        if deleting {
+            if let (Some(Some(before)), Some(entry)) =
+                (self.undo.get_mut(key), index.streams.get(key))
+            {
+                if before.removed.is_none() && entry.record.config.id == before.record.config.id {
+                    before.removed = Some(entry.pieces.clone());
+                }
+            }
+        }
+    }
+
+    /// Keeps the reserve file there, trying at most once a second while it is
+    /// missing.
+    fn keep_reserve(&mut self, shared: &Shared) {
+        if shared.reserve_present.load(Ordering::Acquire) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .reserve_tried
+            .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1))
+        {
+            return;
+        }
+        self.reserve_tried = Some(now);
+        if make_reserve(&shared.dir).is_ok() {
+            shared.reserve_present.store(true, Ordering::Release);
         }
     }
 
@@ -116,15 +326,14 @@ impl LogWriter {
                 match self.queue(KIND_CREATE, id, &payload) {
                     Ok((segment, offset, header)) => {
                         let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
+                        self.save(&index, &key, false);
                         let _ = apply(&mut index, segment, offset, &header, &payload);
                         done.push(Box::new(move |r| {
                             let _ = reply.send(r.map(|()| CreateOutcome::Created));
                         }));
                     }
                     Err(e) => {
-                        // The batch can no longer be trusted: stop the writer.
-                        shared.poisoned.store(true, Ordering::Release);
-                        let _ = reply.send(Err(e.into()));
+                        let _ = reply.send(Err(self.refused(shared, e)));
                     }
                 }
             }
@@ -154,7 +363,15 @@ impl LogWriter {
                 let mut payload = BytesMut::with_capacity(append.data.len() + 64);
                 codec::put_append_state(&mut Writer(&mut payload), &append);
                 payload.extend_from_slice(&append.data);
-                self.queue_applied(shared, KIND_APPEND, append.stream_id, payload, reply, done);
+                self.queue_applied(
+                    shared,
+                    &key,
+                    KIND_APPEND,
+                    append.stream_id,
+                    payload,
+                    reply,
+                    done,
+                );
             }
             Op::SoftDelete { key, reply } | Op::Delete { key, reply } => {
                 let kind = if matches!(kind_of, KindOf::SoftDelete) {
@@ -173,15 +390,19 @@ impl LogWriter {
                     None => {
                         let _ = reply.send(Err(StorageError::NotFound));
                     }
-                    Some(id) => self.queue_applied(shared, kind, id, BytesMut::new(), reply, done),
+                    Some(id) => {
+                        self.queue_applied(shared, &key, kind, id, BytesMut::new(), reply, done)
+                    }
                 }
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn queue_applied(
         &mut self,
         shared: &Shared,
+        key: &str,
         kind: u8,
         id: u64,
         payload: BytesMut,
@@ -191,16 +412,31 @@ impl LogWriter {
         match self.queue(kind, id, &payload) {
             Ok((segment, offset, header)) => {
                 let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
+                self.save(&index, key, kind == KIND_DELETE);
                 let _ = apply(&mut index, segment, offset, &header, &payload);
                 done.push(Box::new(move |r| {
                     let _ = reply.send(r);
                 }));
             }
             Err(e) => {
-                // The batch can no longer be trusted: stop the writer.
-                shared.poisoned.store(true, Ordering::Release);
-                let _ = reply.send(Err(e.into()));
+                let _ = reply.send(Err(self.refused(shared, e)));
             }
+        }
+    }
+
+    /// The answer to an operation that could not be queued. Records are only
+    /// refused before anything of theirs is in the batch (too large, or no new
+    /// segment at the start of a batch), so the batch stays good; any other
+    /// failure stops the writer.
+    fn refused(&self, shared: &Shared, e: io::Error) -> StorageError {
+        if out_of_space(&e) {
+            shared.full.store(true, Ordering::Release);
+            StorageError::Full
+        } else if e.kind() == io::ErrorKind::InvalidInput {
+            StorageError::Io(e)
+        } else {
+            shared.poisoned.store(true, Ordering::Release);
+            StorageError::Io(e)
         }
     }
 
@@ -214,8 +450,10 @@ impl LogWriter {
                 "record larger than 4 GiB",
             ));
         }
-        let position = self.size + self.buffer.len() as u64;
-        if position > 0 && position + len > self.segment_bytes {
+        // A batch stays in one segment (which may so grow past `segment_bytes`
+        // by at most one batch): a batch that cannot be written is then cut
+        // off one file.
+        if self.buffer.is_empty() && self.size > 0 && self.size + len > self.segment_bytes {
             self.rotate()?;
         }
         let offset = self.size + self.buffer.len() as u64;
