@@ -12,7 +12,9 @@ use std::process::Command;
 use bytes::Bytes;
 use common::*;
 use http::{Method, StatusCode};
-use tower_durable_streams::storage::{Durability, FileStorage};
+use std::sync::Arc;
+
+use tower_durable_streams::storage::{Durability, FileStorage, RedbStorage};
 use tower_durable_streams::{DurableStreamsService, Storage};
 
 /// A tmpfs of a few MiB, unmounted when dropped.
@@ -80,11 +82,25 @@ fn chunk(i: usize) -> Vec<u8> {
     chunk
 }
 
-async fn fill_delete_resume(durability: Durability) {
+type Open = fn(&Path) -> Arc<dyn Storage>;
+
+fn file_durable(dir: &Path) -> Arc<dyn Storage> {
+    Arc::new(FileStorage::open_with(dir, Durability::Fsync, 1024 * 1024).expect("open"))
+}
+
+fn file_fast(dir: &Path) -> Arc<dyn Storage> {
+    Arc::new(FileStorage::open_with(dir, Durability::Buffered, 1024 * 1024).expect("open"))
+}
+
+fn acid(dir: &Path) -> Arc<dyn Storage> {
+    Arc::new(RedbStorage::open(dir, 1).expect("open"))
+}
+
+async fn fill_delete_resume(open: Open) {
     let Some(disk) = SmallDisk::mount(12) else {
         return;
     };
-    let storage = FileStorage::open_with(disk.path(), durability, 1024 * 1024).expect("open");
+    let storage = open(disk.path());
     let service = DurableStreamsService::builder()
         .storage(storage.clone())
         .build()
@@ -151,7 +167,7 @@ async fn fill_delete_resume(durability: Durability) {
     // After a restart: every acknowledged byte once, nothing refused.
     drop(service);
     drop(storage);
-    let storage = FileStorage::open_with(disk.path(), durability, 1024 * 1024).expect("reopen");
+    let storage = open(disk.path());
     let service = DurableStreamsService::builder()
         .storage(storage)
         .build()
@@ -170,10 +186,15 @@ async fn fill_delete_resume(durability: Durability) {
 
 #[tokio::test]
 async fn file_durable_survives_a_full_disk() {
-    fill_delete_resume(Durability::Fsync).await;
+    fill_delete_resume(file_durable).await;
 }
 
 #[tokio::test]
 async fn file_fast_survives_a_full_disk() {
-    fill_delete_resume(Durability::Buffered).await;
+    fill_delete_resume(file_fast).await;
+}
+
+#[tokio::test]
+async fn acid_survives_a_full_disk() {
+    fill_delete_resume(acid).await;
 }

@@ -34,12 +34,10 @@ fn producer_number_model(value: &str) -> Option<u64> {
     canonical_model(value).filter(|n| *n <= MAX_PRODUCER_NUMBER)
 }
 
-type Producer<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
-
 fuzz_target!(|input: (
     &str,
     &str,
-    Producer<'_>,
+    (Option<&str>, Option<&str>, Option<&str>),
     u64,
     (&str, &str),
     &str,

@@ -21,6 +21,7 @@ mod plan;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod queue;
+mod reserve;
 mod shared;
 #[cfg(feature = "postgres")]
 pub use self::postgres::{PostgresConfig, PostgresStats, PostgresStorage};
@@ -402,6 +403,15 @@ pub enum StorageError {
     /// Any other backend error.
     #[error("storage backend error")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Whether an I/O error means the disk (or the user's quota) is full.
+pub(crate) fn out_of_space(e: &std::io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
 }
 
 /// Resolves once an append is durable (and may then become visible to

@@ -14,8 +14,10 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -23,6 +25,7 @@ use tokio::sync::oneshot;
 
 use super::codec::{self, Reader, Writer};
 use super::queue::{answer, poisoned, Op};
+use super::reserve::{room_for, Reserve};
 use super::{
     Append, AppendFuture, CreateOutcome, Cut, RangePlan, ReadChunk, Storage, StorageError,
     StorageFuture, StreamRecord, Take,
@@ -45,11 +48,18 @@ const MAX_BATCH: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct RedbStorage {
     shards: Arc<[Shard]>,
+    dir: Arc<Path>,
 }
+
+/// A shard's database; empty while the writer reopens it after an I/O error
+/// (redb refuses every operation after one until the file is reopened).
+type Slot = Arc<RwLock<Option<Arc<Database>>>>;
 
 #[derive(Debug)]
 struct Shard {
-    db: Arc<Database>,
+    db: Slot,
+    /// The last commit failed for lack of space.
+    full: Arc<AtomicBool>,
     queue: Mutex<Option<mpsc::Sender<Op>>>,
     records: Arc<Mutex<HashMap<String, StreamRecord>>>,
     commits: Arc<std::sync::atomic::AtomicU64>,
@@ -57,7 +67,22 @@ struct Shard {
 }
 
 fn backend(error: impl Into<redb::Error>) -> StorageError {
-    StorageError::Backend(Box::new(error.into()))
+    match error.into() {
+        redb::Error::Io(e) if super::out_of_space(&e) => StorageError::Full,
+        redb::Error::Io(e) => StorageError::Io(e),
+        redb::Error::PreviousIo => StorageError::Io(std::io::Error::other(
+            "an earlier I/O error left the database closed",
+        )),
+        error => StorageError::Backend(Box::new(error)),
+    }
+}
+
+/// The open database of `slot`, or 503 while it is being reopened.
+fn open_db(slot: &Slot) -> Result<Arc<Database>, StorageError> {
+    slot.read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or_else(|| StorageError::Unavailable("the database is being reopened".into()))
 }
 
 impl RedbStorage {
@@ -72,16 +97,22 @@ impl RedbStorage {
         let dir = dir.as_ref().join("redb");
         fs::create_dir_all(&dir)?;
         check_layout(&dir, shard_count)?;
+        let reserve = Arc::new(Reserve::new(&dir));
         let mut shards = Vec::with_capacity(shard_count);
         for i in 0..shard_count {
-            let db = Arc::new(
-                Database::create(dir.join(format!("shard-{i:03}.redb"))).map_err(backend)?,
-            );
+            let path = dir.join(format!("shard-{i:03}.redb"));
+            let db = Database::create(&path).map_err(backend)?;
             let records = Arc::new(Mutex::new(load_records(&db)?));
+            let db: Slot = Arc::new(RwLock::new(Some(Arc::new(db))));
             let (tx, rx) = mpsc::channel();
             let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let full = Arc::new(AtomicBool::new(false));
             let writer = ShardWriter {
                 db: db.clone(),
+                path,
+                full: full.clone(),
+                reserve: reserve.clone(),
+                refused_at: None,
                 records: records.clone(),
                 commits: commits.clone(),
             };
@@ -90,6 +121,7 @@ impl RedbStorage {
                 .spawn(move || writer.run(rx))?;
             shards.push(Shard {
                 db,
+                full,
                 queue: Mutex::new(Some(tx)),
                 records,
                 commits,
@@ -98,6 +130,7 @@ impl RedbStorage {
         }
         Ok(RedbStorage {
             shards: shards.into(),
+            dir: dir.into(),
         })
     }
 
@@ -173,7 +206,12 @@ fn load_records(db: &Database) -> Result<HashMap<String, StreamRecord>, StorageE
 }
 
 struct ShardWriter {
-    db: Arc<Database>,
+    db: Slot,
+    path: PathBuf,
+    full: Arc<AtomicBool>,
+    reserve: Arc<Reserve>,
+    /// When a batch was last refused for lack of space.
+    refused_at: Option<Instant>,
     records: Arc<Mutex<HashMap<String, StreamRecord>>>,
     commits: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -184,7 +222,7 @@ type Done = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 type Staged = HashMap<String, Option<StreamRecord>>;
 
 impl ShardWriter {
-    fn run(self, rx: mpsc::Receiver<Op>) {
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -193,11 +231,39 @@ impl ShardWriter {
                     Err(_) => break,
                 }
             }
+            // Out of space: a batch with a delete is tried at once (with the
+            // reserve given up for it); others at most once a second, so
+            // that a full disk costs little and writes resume soon after
+            // room comes back.
+            let deletes = batch
+                .iter()
+                .any(|op| matches!(op, Op::Delete { .. } | Op::SoftDelete { .. }));
+            if self.full.load(Ordering::Acquire) {
+                if deletes {
+                    self.reserve.release();
+                } else if self
+                    .refused_at
+                    .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+                {
+                    for op in batch {
+                        refuse_with(op, StorageError::Full);
+                    }
+                    continue;
+                }
+            }
             let mut staged = Staged::new();
             let mut done: Vec<Done> = Vec::new();
             let result = self.commit(batch, &mut staged, &mut done);
+            if matches!(result, Err(StorageError::Full | StorageError::Io(_))) {
+                // redb fails everything after an I/O error until reopened.
+                self.reopen();
+            }
             match result {
                 Ok(()) => {
+                    if self.full.swap(false, Ordering::AcqRel) {
+                        tracing::info!("redb has room again: writes resume");
+                    }
+                    self.reserve.keep();
                     self.commits
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
@@ -212,6 +278,15 @@ impl ShardWriter {
                         finish(Ok(()));
                     }
                 }
+                Err(StorageError::Full) => {
+                    if !self.full.swap(true, Ordering::AcqRel) {
+                        tracing::error!("redb is out of space: writes get 507 until room is freed");
+                    }
+                    self.refused_at = Some(Instant::now());
+                    for finish in done {
+                        finish(Err(StorageError::Full));
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "redb commit failed; the batch is refused");
                     let message = e.to_string();
@@ -219,6 +294,41 @@ impl ShardWriter {
                         finish(Err(StorageError::Backend(message.clone().into())));
                     }
                 }
+            }
+        }
+    }
+
+    /// Closes the database and opens it again, waiting (up to 5 s) for reads
+    /// in progress to let go of it; reads meanwhile get 503.
+    fn reopen(&self) {
+        let taken = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut db) = taken {
+            let started = Instant::now();
+            loop {
+                match Arc::try_unwrap(db) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(shared) if started.elapsed() < Duration::from_secs(5) => {
+                        db = shared;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(shared) => {
+                        tracing::error!("reads held the database for 5 s; not reopened this time");
+                        *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(shared);
+                        return;
+                    }
+                }
+            }
+        }
+        match Database::create(&self.path) {
+            Ok(db) => {
+                *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
+                tracing::info!(path = %self.path.display(), "reopened the database after an I/O error");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %self.path.display(), "could not reopen the database; trying again with the next write");
             }
         }
     }
@@ -242,7 +352,15 @@ impl ShardWriter {
         staged: &mut Staged,
         done: &mut Vec<Done>,
     ) -> Result<(), StorageError> {
-        let mut txn = self.db.begin_write().map_err(backend)?;
+        let db = match open_db(&self.db) {
+            Ok(db) => db,
+            Err(_) => {
+                // A reopen that failed earlier: try again now.
+                self.reopen();
+                open_db(&self.db)?
+            }
+        };
+        let mut txn = db.begin_write().map_err(backend)?;
         txn.set_durability(Durability::Immediate).map_err(backend)?;
         let mut failed = None;
         {
@@ -377,13 +495,16 @@ fn refuse_after_commit(
 }
 
 fn refuse(op: Op, reason: String) {
-    let error = || StorageError::Backend(reason.clone().into());
+    refuse_with(op, StorageError::Backend(reason.into()));
+}
+
+fn refuse_with(op: Op, error: StorageError) {
     match op {
         Op::Create { reply, .. } => {
-            let _ = reply.send(Err(error()));
+            let _ = reply.send(Err(error));
         }
         Op::Append { reply, .. } | Op::SoftDelete { reply, .. } | Op::Delete { reply, .. } => {
-            let _ = reply.send(Err(error()));
+            let _ = reply.send(Err(error));
         }
     }
 }
@@ -430,6 +551,10 @@ fn read_range(
 }
 
 impl Storage for RedbStorage {
+    fn health(&self) -> StorageFuture<'_, ()> {
+        self.check()
+    }
+
     fn load(&self) -> StorageFuture<'_, Vec<(String, StreamRecord)>> {
         let all = self
             .shards
@@ -505,9 +630,10 @@ impl Storage for RedbStorage {
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
             .map(|r| (r.config.id, r.tail));
-        let db = shard.db.clone();
+        let db = open_db(&shard.db);
         Box::pin(async move {
             let (id, tail) = record.ok_or(StorageError::NotFound)?;
+            let db = db?;
             let to = to.min(tail);
             if from >= to {
                 return Ok(ReadChunk::empty(from));
@@ -540,6 +666,34 @@ impl Storage for RedbStorage {
             },
         );
         answer(submitted, rx)
+    }
+}
+
+impl RedbStorage {
+    /// Fails while a shard is out of space (until a probe finds room again)
+    /// or its database is closed after an I/O error.
+    fn check(&self) -> StorageFuture<'_, ()> {
+        if self.shards.iter().any(|s| open_db(&s.db).is_err()) {
+            return Box::pin(async {
+                Err(StorageError::Unavailable(
+                    "a database is being reopened after an I/O error".into(),
+                ))
+            });
+        }
+        if !self.shards.iter().any(|s| s.full.load(Ordering::Acquire)) {
+            return Box::pin(async { Ok(()) });
+        }
+        let dir = self.dir.to_path_buf();
+        Box::pin(async move {
+            let probed = tokio::task::spawn_blocking(move || room_for(&dir, 1024 * 1024))
+                .await
+                .map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
+            if probed {
+                Ok(())
+            } else {
+                Err(StorageError::Full)
+            }
+        })
     }
 }
 

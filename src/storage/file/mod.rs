@@ -37,6 +37,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::queue::{answer, poisoned, Op};
+use super::reserve::{room_for, Reserve};
 use super::{
     Append, AppendFuture, CreateOutcome, Cut, ReadChunk, Storage, StorageError, StorageFuture,
     StreamRecord,
@@ -102,8 +103,8 @@ struct Shared {
     full: AtomicBool,
     /// The size of that batch.
     needed: AtomicU64,
-    /// The reserve file is there (see `writer::make_reserve`).
-    reserve_present: AtomicBool,
+    /// Room kept for deletes on a full disk.
+    reserve: Reserve,
     stats: Stats,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     _lock: File,
@@ -168,7 +169,7 @@ impl FileStorage {
             poisoned: AtomicBool::new(false),
             full: AtomicBool::new(false),
             needed: AtomicU64::new(0),
-            reserve_present: AtomicBool::new(writer::make_reserve(&dir).is_ok()),
+            reserve: Reserve::new(&dir),
             stats: Stats::default(),
             thread: Mutex::new(None),
             _lock: lock,
@@ -182,7 +183,6 @@ impl FileStorage {
             size,
             buffer: Vec::with_capacity(1 << 20),
             undo: HashMap::new(),
-            reserve_tried: None,
         };
         let thread = std::thread::Builder::new()
             .name("ds-file-writer".into())
@@ -371,20 +371,6 @@ impl Storage for FileStorage {
             }
         })
     }
-}
-
-/// Whether `bytes` more can be written in `dir` now.
-fn room_for(dir: &Path, bytes: usize) -> bool {
-    use std::io::Write;
-    let path = dir.join("space-probe");
-    let fits = File::create(&path)
-        .and_then(|mut file| {
-            file.write_all(&vec![0u8; bytes])?;
-            file.sync_data()
-        })
-        .is_ok();
-    let _ = fs::remove_file(&path);
-    fits
 }
 
 #[cfg(test)]

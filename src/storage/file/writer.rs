@@ -17,7 +17,7 @@ use super::index::{apply, Entry, Index, Piece};
 use super::{Durability, Shared};
 use crate::storage::codec::{self, Writer};
 use crate::storage::queue::{reject, Op};
-use crate::storage::{CreateOutcome, StorageError, StreamRecord};
+use crate::storage::{out_of_space, CreateOutcome, StorageError, StreamRecord};
 
 /// Most bytes one flush gathers before writing.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
@@ -32,7 +32,6 @@ pub(super) struct LogWriter {
     pub(super) buffer: Vec<u8>,
     /// Each stream this batch changed, as it was before (`None`: created here).
     pub(super) undo: HashMap<String, Option<Before>>,
-    pub(super) reserve_tried: Option<std::time::Instant>,
 }
 
 /// A stream's index entry before a batch changed it.
@@ -44,54 +43,12 @@ pub(super) struct Before {
     removed: Option<Vec<Piece>>,
 }
 
-/// Whether an error means the disk (or the quota) is full.
-fn out_of_space(e: &io::Error) -> bool {
-    const ENOSPC: i32 = 28;
-    const EDQUOT: i32 = 122;
-    e.kind() == io::ErrorKind::StorageFull
-        || e.kind() == io::ErrorKind::QuotaExceeded
-        || matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
-}
-
 /// How much an operation adds to a batch.
 fn weight(op: &Op) -> usize {
     match op {
         Op::Create { initial, .. } => initial.len() + 64,
         Op::Append { append, .. } => append.data.len() + 64,
         Op::SoftDelete { .. } | Op::Delete { .. } => 64,
-    }
-}
-
-/// Space kept aside so that deletes can be written on a full disk.
-const RESERVE_BYTES: usize = 1024 * 1024;
-
-fn reserve_path(dir: &std::path::Path) -> std::path::PathBuf {
-    dir.join("reserve")
-}
-
-/// Writes the reserve file (real blocks, not a sparse file).
-pub(super) fn make_reserve(dir: &std::path::Path) -> io::Result<()> {
-    let path = reserve_path(dir);
-    if fs::metadata(&path).is_ok_and(|m| m.len() == RESERVE_BYTES as u64) {
-        return Ok(());
-    }
-    let written = File::create(&path).and_then(|mut file| {
-        file.write_all(&vec![0u8; RESERVE_BYTES])?;
-        file.sync_all()
-    });
-    if written.is_err() {
-        let _ = fs::remove_file(&path);
-    }
-    written
-}
-
-/// Frees the reserve file's space for the deletes about to be written.
-fn release_reserve(shared: &Shared) {
-    if shared.reserve_present.swap(false, Ordering::AcqRel) {
-        match fs::remove_file(reserve_path(&shared.dir)) {
-            Ok(()) => tracing::warn!("released the log's space reserve for deletes"),
-            Err(e) => tracing::warn!(error = %e, "could not release the log's space reserve"),
-        }
     }
 }
 
@@ -127,7 +84,7 @@ impl LogWriter {
                     .into_iter()
                     .partition(|op| matches!(op, Op::Delete { .. } | Op::SoftDelete { .. }));
                 if !deletes.is_empty() {
-                    release_reserve(&shared);
+                    shared.reserve.release();
                 }
                 (deletes.is_empty() || self.batch(shared.clone(), deletes))
                     && (rest.is_empty() || self.batch(shared, rest))
@@ -164,7 +121,7 @@ impl LogWriter {
                 if shared.full.swap(false, Ordering::AcqRel) {
                     tracing::info!("the log has room again: writes resume");
                 }
-                self.keep_reserve(&shared);
+                shared.reserve.keep();
                 Ok(())
             }
             Err(e) if out_of_space(&e) && !shared.poisoned.load(Ordering::Acquire) => {
@@ -268,25 +225,6 @@ impl LogWriter {
                     before.removed = Some(entry.pieces.clone());
                 }
             }
-        }
-    }
-
-    /// Keeps the reserve file there, trying at most once a second while it is
-    /// missing.
-    fn keep_reserve(&mut self, shared: &Shared) {
-        if shared.reserve_present.load(Ordering::Acquire) {
-            return;
-        }
-        let now = std::time::Instant::now();
-        if self
-            .reserve_tried
-            .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1))
-        {
-            return;
-        }
-        self.reserve_tried = Some(now);
-        if make_reserve(&shared.dir).is_ok() {
-            shared.reserve_present.store(true, Ordering::Release);
         }
     }
 
