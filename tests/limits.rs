@@ -228,3 +228,24 @@ async fn bodies_being_received_share_one_budget() {
         })
     );
 }
+
+#[tokio::test]
+async fn an_expiry_beyond_year_9999_in_utc_is_refused() {
+    let svc = DurableStreamsService::builder().build().expect("service");
+    let refused = send(
+        &svc,
+        Method::PUT,
+        "/late",
+        &[
+            ("content-type", "text/plain"),
+            ("stream-expires-at", "9999-12-31T23:59:59-01:00"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        send(&svc, Method::HEAD, "/late", &[], b"").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
