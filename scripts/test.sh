@@ -42,6 +42,14 @@ if [ -z "${CI:-}" ] && [ -z "${TEST_POSTGRES_RESTART:-}" ] && [ "$postgres" = ye
   skipped+=("tests/postgres_restart.rs (restarts the local PostgreSQL cluster): TEST_POSTGRES_RESTART=1 cargo test --all-features --test postgres_restart")
 fi
 
+if [ "$(id -u)" != 0 ]; then
+  [ -z "${CI:-}" ] || { echo "tests/disk_full.rs mounts a tmpfs and CI must run it as root" >&2; exit 1; }
+  skipped+=("tests/disk_full.rs (mounts a small tmpfs to fill it): run the tests as root")
+fi
+
+step "fuzz smoke run (each target in fuzz/ for ${FUZZ_SECONDS:-10} s)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
+
 step "conformance suite (npm @durable-streams/server-conformance-tests, pinned)"
 if [ ! -d tests/conformance/node_modules/@durable-streams/server-conformance-tests ]; then
   npm ci --prefix tests/conformance --no-audit --no-fund

@@ -91,3 +91,10 @@ pub use streams::Streams;
 pub mod __bench {
     pub use crate::protocol::*;
 }
+
+/// The crate's parsers and encoders, for its own fuzz targets (`fuzz/`) only:
+/// not part of the public API, and may change in any release.
+#[cfg(feature = "unstable-fuzz")]
+#[doc(hidden)]
+#[path = "fuzzing.rs"]
+pub mod __fuzz;

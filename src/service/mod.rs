@@ -20,6 +20,9 @@ mod request;
 mod responses;
 mod upload;
 
+#[cfg(feature = "unstable-fuzz")]
+pub(crate) use request::parse_query;
+
 pub use body::{BoxError, ResponseBody};
 pub use builder::{BuildError, Builder, CachePolicy};
 pub use future::ResponseFuture;
