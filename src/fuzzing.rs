@@ -8,10 +8,9 @@ use bytes::{Bytes, BytesMut};
 use crate::protocol::{self, sse, Control, Offset, SseEncoding};
 
 pub use crate::protocol::{
-    etag, etag_matches, is_json, is_sse_text, is_true_flag, is_valid_content_type,
-    json_prefix_len, parse_canonical_u64, parse_producer, parse_sub_offset, parse_ttl,
-    same_media_type, CursorClock, EmptyArray, HeaderError, JsonError, ProducerHeaders,
-    ReadFrom, MAX_PRODUCER_NUMBER,
+    etag, etag_matches, is_json, is_sse_text, is_true_flag, is_valid_content_type, json_prefix_len,
+    parse_canonical_u64, parse_producer, parse_sub_offset, parse_ttl, same_media_type, CursorClock,
+    EmptyArray, HeaderError, JsonError, ProducerHeaders, ReadFrom, MAX_PRODUCER_NUMBER,
 };
 
 /// The byte position an offset token names, or `None` if the token is

@@ -24,10 +24,7 @@ const YEAR_10000_NANOS: i128 = 253_402_300_800 * 1_000_000_000;
 
 /// The grammar: ASCII digits, no sign, no leading zero, fits in a u64.
 fn canonical_model(value: &str) -> Option<u64> {
-    value
-        .parse::<u64>()
-        .ok()
-        .filter(|n| n.to_string() == value)
+    value.parse::<u64>().ok().filter(|n| n.to_string() == value)
 }
 
 fn producer_number_model(value: &str) -> Option<u64> {
@@ -116,7 +113,10 @@ fuzz_target!(|input: (
         let with_parameter = format!("{ct};charset=utf-8");
         assert_eq!(is_json(&with_parameter), is_json(ct));
         assert_eq!(is_sse_text(&with_parameter), is_sse_text(ct));
-        assert_eq!(is_valid_content_type(&with_parameter), is_valid_content_type(ct));
+        assert_eq!(
+            is_valid_content_type(&with_parameter),
+            is_valid_content_type(ct)
+        );
         assert!(same_media_type(&with_parameter, ct));
     }
     let same = same_media_type(ct_a, ct_b);

@@ -15,7 +15,9 @@
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 use serde_json::Value;
-use tower_durable_streams::__fuzz::{json_frame, json_prefix_len, json_wire, EmptyArray, JsonError};
+use tower_durable_streams::__fuzz::{
+    json_frame, json_prefix_len, json_wire, EmptyArray, JsonError,
+};
 
 fuzz_target!(|input: (bool, u64, &[u8])| {
     let (allow_empty, cuts, body) = input;
@@ -130,5 +132,8 @@ fuzz_target!(|input: (bool, u64, &[u8])| {
     }
 
     // Appending a read again stores the same bytes.
-    assert_eq!(json_wire(&frame, EmptyArray::Allow), Ok((wire.clone(), count)));
+    assert_eq!(
+        json_wire(&frame, EmptyArray::Allow),
+        Ok((wire.clone(), count))
+    );
 });

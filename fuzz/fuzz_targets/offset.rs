@@ -26,7 +26,11 @@ fuzz_target!(|input: (&str, u64, u64)| {
     let parsed = offset_parse(token);
     if let Some(position) = parsed {
         assert!(position <= MAX_POSITION);
-        assert_eq!(offset_render(position).0, token, "not the canonical spelling");
+        assert_eq!(
+            offset_render(position).0,
+            token,
+            "not the canonical spelling"
+        );
     }
     assert_eq!(token.parse::<Offset>().is_ok(), parsed.is_some());
     match ReadFrom::parse(token) {

@@ -121,7 +121,10 @@ fuzz_target!(|input: (
     let mut pairs = vec!["other=%FF%FE".to_owned(), String::new(), "x".to_owned()];
     for (name, value) in [("cursor", cursor), ("offset", offset), ("live", live)] {
         if let Some(value) = value {
-            pairs.push(format!("{name}={}", encode(value, space_as_plus, lower_hex)));
+            pairs.push(format!(
+                "{name}={}",
+                encode(value, space_as_plus, lower_hex)
+            ));
         }
     }
     let built = pairs.join("&");
@@ -153,7 +156,11 @@ fuzz_target!(|input: (
         Some(c) if c >= current && c < u64::MAX / 2 => {
             // Pushed past the client's by 1-3600 s of jitter, in whole intervals.
             assert!(next > c, "cursor {next} is not past the client's {c}");
-            assert!(next - c <= 3600u64.div_ceil(interval), "jumped {}", next - c);
+            assert!(
+                next - c <= 3600u64.div_ceil(interval),
+                "jumped {}",
+                next - c
+            );
         }
         _ => assert_eq!(next, current),
     }

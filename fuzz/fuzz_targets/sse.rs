@@ -13,7 +13,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use tower_durable_streams::__fuzz::{sse_control_event, sse_data_event, sse_incomplete_utf8_suffix};
+use tower_durable_streams::__fuzz::{
+    sse_control_event, sse_data_event, sse_incomplete_utf8_suffix,
+};
 
 /// Every line break (`\r\n`, `\r`, `\n`) as `\n`.
 fn normalize_line_breaks(payload: &[u8]) -> Vec<u8> {
@@ -80,7 +82,10 @@ fn data_lines<'a>(event: &'a [u8], event_line: &[u8]) -> Vec<&'a [u8]> {
     assert!(!lines.is_empty(), "an event without data");
     for line in &lines {
         // Never empty, so no blank line (no end of event) before the last.
-        assert!(line.starts_with(b"data:"), "a line that is not data: {line:?}");
+        assert!(
+            line.starts_with(b"data:"),
+            "a line that is not data: {line:?}"
+        );
     }
     lines
 }
@@ -91,50 +96,62 @@ fn field_value(line: &[u8]) -> &[u8] {
     value.strip_prefix(b" ").unwrap_or(value)
 }
 
-fuzz_target!(|input: (Vec<&[u8]>, bool, (&str, Option<&str>, bool, bool))| {
-    let (pieces, text, (next_offset, cursor, up_to_date, closed)) = input;
-    let payload: Vec<u8> = pieces.concat();
+fuzz_target!(
+    |input: (Vec<&[u8]>, bool, (&str, Option<&str>, bool, bool))| {
+        let (pieces, text, (next_offset, cursor, up_to_date, closed)) = input;
+        let payload: Vec<u8> = pieces.concat();
 
-    // Data events.
-    let event = sse_data_event(&pieces, text);
-    assert_eq!(
-        event,
-        sse_data_event(&[payload.as_slice()], text),
-        "the cut into pieces shows"
-    );
-    let lines = data_lines(&event, b"event: data\n");
-    if text {
-        let values: Vec<&[u8]> = lines.iter().map(|line| field_value(line)).collect();
-        assert_eq!(values.join(&b'\n'), normalize_line_breaks(&payload));
-    } else {
-        assert_eq!(lines.len(), 1, "base64 on more than one line");
-        let encoded = &lines[0][b"data:".len()..];
-        assert_eq!(encoded.len(), 4 * payload.len().div_ceil(3));
-        assert_eq!(base64_decode(encoded).as_deref(), Some(payload.as_slice()));
-    }
-
-    // Control events.
-    let event = sse_control_event(next_offset, cursor, up_to_date, closed);
-    let lines = data_lines(&event, b"event: control\n");
-    assert_eq!(lines.len(), 1, "control data on more than one line");
-    let json: Value = serde_json::from_slice(&lines[0][b"data:".len()..]).expect("control is JSON");
-    let fields = json.as_object().expect("control is a JSON object");
-    assert_eq!(fields.get("streamNextOffset").and_then(Value::as_str), Some(next_offset));
-    assert_eq!(fields.get("streamCursor").and_then(Value::as_str), cursor);
-    assert_eq!(fields.get("upToDate").and_then(Value::as_bool), up_to_date.then_some(true));
-    assert_eq!(fields.get("streamClosed").and_then(Value::as_bool), closed.then_some(true));
-    let expected_fields =
-        1 + usize::from(cursor.is_some()) + usize::from(up_to_date) + usize::from(closed);
-    assert_eq!(fields.len(), expected_fields);
-
-    // Hold-back: exactly the incomplete UTF-8 sequence at the end.
-    let held = sse_incomplete_utf8_suffix(&pieces);
-    assert!(held <= 3 && held <= payload.len());
-    match std::str::from_utf8(&payload) {
-        Ok(_) => assert_eq!(held, 0, "held back part of valid text"),
-        Err(error) if error.error_len().is_none() => {
-            assert_eq!(held, payload.len() - error.valid_up_to());
+        // Data events.
+        let event = sse_data_event(&pieces, text);
+        assert_eq!(
+            event,
+            sse_data_event(&[payload.as_slice()], text),
+            "the cut into pieces shows"
+        );
+        let lines = data_lines(&event, b"event: data\n");
+        if text {
+            let values: Vec<&[u8]> = lines.iter().map(|line| field_value(line)).collect();
+            assert_eq!(values.join(&b'\n'), normalize_line_breaks(&payload));
+        } else {
+            assert_eq!(lines.len(), 1, "base64 on more than one line");
+            let encoded = &lines[0][b"data:".len()..];
+            assert_eq!(encoded.len(), 4 * payload.len().div_ceil(3));
+            assert_eq!(base64_decode(encoded).as_deref(), Some(payload.as_slice()));
         }
-        Err(_) => {}
+
+        // Control events.
+        let event = sse_control_event(next_offset, cursor, up_to_date, closed);
+        let lines = data_lines(&event, b"event: control\n");
+        assert_eq!(lines.len(), 1, "control data on more than one line");
+        let json: Value =
+            serde_json::from_slice(&lines[0][b"data:".len()..]).expect("control is JSON");
+        let fields = json.as_object().expect("control is a JSON object");
+        assert_eq!(
+            fields.get("streamNextOffset").and_then(Value::as_str),
+            Some(next_offset)
+        );
+        assert_eq!(fields.get("streamCursor").and_then(Value::as_str), cursor);
+        assert_eq!(
+            fields.get("upToDate").and_then(Value::as_bool),
+            up_to_date.then_some(true)
+        );
+        assert_eq!(
+            fields.get("streamClosed").and_then(Value::as_bool),
+            closed.then_some(true)
+        );
+        let expected_fields =
+            1 + usize::from(cursor.is_some()) + usize::from(up_to_date) + usize::from(closed);
+        assert_eq!(fields.len(), expected_fields);
+
+        // Hold-back: exactly the incomplete UTF-8 sequence at the end.
+        let held = sse_incomplete_utf8_suffix(&pieces);
+        assert!(held <= 3 && held <= payload.len());
+        match std::str::from_utf8(&payload) {
+            Ok(_) => assert_eq!(held, 0, "held back part of valid text"),
+            Err(error) if error.error_len().is_none() => {
+                assert_eq!(held, payload.len() - error.valid_up_to());
+            }
+            Err(_) => {}
+        }
     }
-});
+);
