@@ -132,6 +132,14 @@ pub struct StorageSection {
     pub postgres_schema: String,
     /// postgres mode: the longest a database call may take (503 beyond).
     pub postgres_timeout_ms: u64,
+    /// file modes: about how large a log segment grows before the next starts.
+    pub file_segment_bytes: u64,
+    /// file modes: the compactor's I/O rate in bytes/s; 0 turns it off.
+    pub file_compaction_rate: u64,
+    /// file modes: how often the compactor looks for mostly-dead segments.
+    pub file_compaction_interval_ms: u64,
+    /// file modes: the dead share (percent) from which a segment is rewritten.
+    pub file_compaction_min_dead_percent: u8,
 }
 
 impl Default for StorageSection {
@@ -144,6 +152,10 @@ impl Default for StorageSection {
             postgres_pool_size: 16,
             postgres_schema: "public".into(),
             postgres_timeout_ms: 5_000,
+            file_segment_bytes: 64 * 1024 * 1024,
+            file_compaction_rate: 32 * 1024 * 1024,
+            file_compaction_interval_ms: 10_000,
+            file_compaction_min_dead_percent: 50,
         }
     }
 }
@@ -308,6 +320,14 @@ impl Config {
                 self.limits.max_inflight_writes as u64,
             ),
             ("limits.min_body_rate", self.limits.min_body_rate),
+            (
+                "storage.file_segment_bytes",
+                self.storage.file_segment_bytes,
+            ),
+            (
+                "storage.file_compaction_interval_ms",
+                self.storage.file_compaction_interval_ms,
+            ),
             ("limits.body_grace_ms", self.limits.body_grace_ms),
             ("server.max_connections", self.server.max_connections as u64),
             (
@@ -335,6 +355,12 @@ impl Config {
                     "{} is smaller than limits.max_append_bytes ({})",
                     self.limits.max_buffered_body_bytes, self.limits.max_append_bytes
                 ),
+            );
+        }
+        if self.storage.file_compaction_min_dead_percent > 100 {
+            return at(
+                "storage.file_compaction_min_dead_percent",
+                "must be from 0 to 100".into(),
             );
         }
         if self.server.max_connections > u32::MAX as usize {

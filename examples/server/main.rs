@@ -75,6 +75,10 @@ enum Command {
         #[arg(long, value_enum, default_value = "fail")]
         on_conflict: Conflict,
     },
+    /// Give back the space of deleted streams now (with the server stopped):
+    /// rewrite mostly-dead log segments (file modes) or compact the redb
+    /// databases (acid). File modes also do this in the background.
+    Compact,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -130,5 +134,6 @@ async fn main() {
         Command::Serve => serve::serve(config).await,
         Command::Export { out } => backup::export(config, out).await,
         Command::Import { input, on_conflict } => backup::import(config, input, on_conflict).await,
+        Command::Compact => storage::compact(&config),
     }
 }

@@ -2,8 +2,9 @@
 //! log and for `/metrics`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tower_durable_streams::storage::{Durability, FileStorage};
+use tower_durable_streams::storage::{Compaction, Durability, FileStorage};
 use tower_durable_streams::{MemoryStorage, Storage};
 
 use crate::config::{Config, Mode};
@@ -42,7 +43,17 @@ pub fn open_storage(config: &Config) -> Result<(Arc<dyn Storage>, Describe), Str
                 } else {
                     Durability::Fsync
                 };
-                FileStorage::open(dir, durability).map(|storage| {
+                let compaction = Compaction::default()
+                    .rate(config.storage.file_compaction_rate)
+                    .interval(Duration::from_millis(
+                        config.storage.file_compaction_interval_ms,
+                    ))
+                    .min_dead_ratio(
+                        f64::from(config.storage.file_compaction_min_dead_percent) / 100.0,
+                    );
+                FileStorage::open_with(dir, durability, config.storage.file_segment_bytes)
+                    .map(|storage| storage.with_compaction(compaction))
+                    .map(|storage| {
                     let stats = storage.clone();
                     let describe = move || file_figures(&stats);
                     (Arc::new(storage) as Arc<dyn Storage>, Box::new(describe) as Describe)
@@ -100,6 +111,16 @@ fn file_figures(storage: &FileStorage) -> StorageFigures {
         ),
         ("storage_fsyncs", "fdatasync calls", s.fsyncs),
         ("storage_bytes", "Bytes written to the log", s.bytes),
+        (
+            "storage_compactions",
+            "Log segments rewritten by the compactor",
+            s.compactions,
+        ),
+        (
+            "storage_compacted_bytes",
+            "Bytes the compactor gave back",
+            s.compacted_bytes,
+        ),
     ] {
         prometheus.push_str(&format!(
             "# HELP durable_streams_{name} {help}.\n# TYPE durable_streams_{name} counter\ndurable_streams_{name}_total {value}\n"
@@ -197,4 +218,34 @@ pub async fn open_blocking(config: &Config) -> (Arc<dyn Storage>, Describe) {
         .await
         .unwrap_or_else(|e| Err(format!("opening storage panicked: {e}")))
         .unwrap_or_else(|e| fail(e, 1))
+}
+
+/// `server compact`: gives back the space of deleted streams, now.
+pub fn compact(config: &Config) {
+    let dir = &config.storage.data_dir;
+    let report = match config.storage.mode {
+        Mode::FileFast | Mode::FileDurable => {
+            FileStorage::open_with(dir, Durability::Fsync, config.storage.file_segment_bytes)
+                .map(|storage| {
+                    storage.with_compaction(Compaction::off().min_dead_ratio(
+                        f64::from(config.storage.file_compaction_min_dead_percent) / 100.0,
+                    ))
+                })
+                .and_then(|storage| storage.compact_now())
+        }
+        #[cfg(feature = "redb")]
+        Mode::Acid => tower_durable_streams::storage::RedbStorage::compact(
+            dir,
+            config.storage.acid_shard_count,
+        ),
+        _ => fail(
+            "compact works on the file and acid storage modes (storage.mode)",
+            2,
+        ),
+    }
+    .unwrap_or_else(|e| fail(format!("compaction failed: {e}"), 1));
+    eprintln!(
+        "compacted {} files, {} bytes given back",
+        report.segments, report.bytes_freed
+    );
 }

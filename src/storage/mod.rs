@@ -31,7 +31,7 @@ mod redb;
 pub use self::redb::RedbStorage;
 pub mod testkit;
 
-pub use file::{Durability, FileStats, FileStorage};
+pub use file::{Compaction, CompactionReport, Durability, FileStats, FileStorage};
 pub use memory::MemoryStorage;
 pub use plan::{RangePlan, Take};
 pub use shared::{Change, ChangeSink, SharedStorage};

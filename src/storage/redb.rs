@@ -134,6 +134,33 @@ impl RedbStorage {
         })
     }
 
+    /// Compacts every shard's database file in `dir` (opened with
+    /// `shard_count` shards), giving back the space of deleted streams to the
+    /// file system. The store must not be open (redb refuses a file another
+    /// handle has open); the example server's `compact` command calls this.
+    pub fn compact(
+        dir: impl AsRef<Path>,
+        shard_count: usize,
+    ) -> Result<super::CompactionReport, StorageError> {
+        let dir = dir.as_ref().join("redb");
+        check_layout(&dir, shard_count)?;
+        let mut report = super::CompactionReport::default();
+        for i in 0..shard_count {
+            let path = dir.join(format!("shard-{i:03}.redb"));
+            if !path.exists() {
+                continue;
+            }
+            let before = fs::metadata(&path)?.len();
+            let mut db = Database::create(&path).map_err(backend)?;
+            db.compact().map_err(backend)?;
+            drop(db);
+            let after = fs::metadata(&path)?.len();
+            report.segments += 1;
+            report.bytes_freed += before.saturating_sub(after);
+        }
+        Ok(report)
+    }
+
     /// Write transactions committed since open, over all shards.
     pub fn commits(&self) -> u64 {
         self.shards

@@ -19,6 +19,7 @@
 //! older segment still needs its delete records), which is how deleting streams
 //! frees disk space.
 
+mod compact;
 mod format;
 mod index;
 mod reads;
@@ -44,6 +45,8 @@ use super::{
 };
 use format::{segment_path, sync_dir, HEADER_LEN};
 use index::Index;
+
+pub use compact::{Compaction, CompactionReport};
 use writer::LogWriter;
 
 /// Most segment files kept open for reads.
@@ -75,6 +78,10 @@ pub struct FileStats {
     /// Flushes by operations per flush: entry `i` counts flushes of up to `2^i`
     /// operations (more than `2^(i-1)`); the last entry counts all larger ones.
     pub batch_sizes: [u64; 13],
+    /// Segments the compactor rewrote.
+    pub compactions: u64,
+    /// Bytes the compactor gave back.
+    pub compacted_bytes: u64,
 }
 
 /// Streams in files under one directory, with group commit and crash recovery.
@@ -105,6 +112,14 @@ struct Shared {
     needed: AtomicU64,
     /// Room kept for deletes on a full disk.
     reserve: Reserve,
+    /// Held by the writer for each batch: between two batches the index says
+    /// exactly what is on disk, which is when the compactor looks and switches.
+    batch: Mutex<()>,
+    /// The compactor's settings.
+    compaction: Mutex<Compaction>,
+    /// Held for a whole compaction pass.
+    compacting: Arc<Mutex<()>>,
+    compactor: Mutex<Option<compact::Compactor>>,
     stats: Stats,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     _lock: File,
@@ -117,6 +132,8 @@ struct Stats {
     fsyncs: AtomicU64,
     bytes: AtomicU64,
     batch_sizes: [AtomicU64; 13],
+    compactions: AtomicU64,
+    compacted_bytes: AtomicU64,
 }
 
 impl FileStorage {
@@ -147,6 +164,7 @@ impl FileStorage {
                 format!("{} is in use by another process", dir.display()),
             ))
         })?;
+        compact::remove_stray_copies(&dir)?;
         let (index, last) = replay::replay(&dir)?;
         let (current, size) = match last {
             Some((number, size)) => (number, size),
@@ -170,6 +188,10 @@ impl FileStorage {
             full: AtomicBool::new(false),
             needed: AtomicU64::new(0),
             reserve: Reserve::new(&dir),
+            batch: Mutex::new(()),
+            compaction: Mutex::new(Compaction::default()),
+            compacting: Arc::default(),
+            compactor: Mutex::new(None),
             stats: Stats::default(),
             thread: Mutex::new(None),
             _lock: lock,
@@ -188,7 +210,49 @@ impl FileStorage {
             .name("ds-file-writer".into())
             .spawn(move || writer.run(rx))?;
         *shared.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+        *shared.compactor.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(compact::start(&shared)?);
         Ok(FileStorage { shared })
+    }
+
+    /// Sets how the background compactor works (see [`Compaction`]), from now.
+    ///
+    /// ```no_run
+    /// use tower_durable_streams::storage::{Compaction, Durability, FileStorage};
+    ///
+    /// let storage = FileStorage::open("./data/streams", Durability::Fsync)?
+    ///     .with_compaction(Compaction::default().rate(8 * 1024 * 1024));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_compaction(self, compaction: Compaction) -> Self {
+        *self
+            .shared
+            .compaction
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = compaction;
+        if let Some((nudge, _)) = &*self
+            .shared
+            .compactor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            let _ = nudge.send(());
+        }
+        self
+    }
+
+    /// Rewrites, now and without a rate limit, every sealed segment whose dead
+    /// share is at least the configured `min_dead_ratio`, giving back the
+    /// space of deleted streams. Blocks (call it from a blocking thread); safe
+    /// while the store is in use.
+    pub fn compact_now(&self) -> Result<CompactionReport, StorageError> {
+        let ratio = self
+            .shared
+            .compaction
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .min_dead_ratio_value();
+        Ok(compact::pass(&Arc::downgrade(&self.shared), 0, ratio)?)
     }
 
     /// The writer's counters since open.
@@ -200,6 +264,8 @@ impl FileStorage {
             fsyncs: s.fsyncs.load(Ordering::Relaxed),
             bytes: s.bytes.load(Ordering::Relaxed),
             batch_sizes: std::array::from_fn(|i| s.batch_sizes[i].load(Ordering::Relaxed)),
+            compactions: s.compactions.load(Ordering::Relaxed),
+            compacted_bytes: s.compacted_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -242,6 +308,12 @@ impl Drop for Shared {
     /// Closes the queue and waits for the writer to finish its last flush, so the
     /// directory can be opened again as soon as the storage is dropped.
     fn drop(&mut self) {
+        if let Some((stop, thread)) = self.compactor.get_mut().ok().and_then(Option::take) {
+            drop(stop);
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
         self.queue.get_mut().map(Option::take).ok();
         if let Some(thread) = self.thread.get_mut().ok().and_then(Option::take) {
             if thread.thread().id() != std::thread::current().id() {

@@ -1,7 +1,9 @@
 //! Reads: plan the slices of the log a range needs, then `pread` them with
 //! neighbours coalesced.
 
+use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -11,10 +13,13 @@ use crate::storage::{Cut, RangePlan, ReadChunk, StorageError, Take};
 /// Gaps up to this size between pieces of one read are read through.
 const COALESCE_GAP: u64 = 16 * 1024;
 
-/// One slice of a read: `len` bytes at `offset` of `segment`.
-#[derive(Debug, Clone, Copy)]
+/// One slice of a read: `len` bytes at `offset` of `segment`, whose file was
+/// opened while the index was locked (so a compaction that replaces the file
+/// afterwards cannot make these offsets point into the new one).
+#[derive(Debug, Clone)]
 pub(super) struct Slice {
     segment: u32,
+    file: Arc<File>,
     offset: u64,
     len: usize,
 }
@@ -43,6 +48,7 @@ impl FileStorage {
             match plan.take(piece.position, u64::from(piece.len)) {
                 Take::Bytes(range) => slices.push(Slice {
                     segment: piece.segment,
+                    file: self.segment(piece.segment)?,
                     offset: piece.offset + range.start as u64,
                     len: range.len(),
                 }),
@@ -62,7 +68,7 @@ impl FileStorage {
         let mut data = Vec::with_capacity(slices.len());
         let mut i = 0;
         while i < slices.len() {
-            let first = slices[i];
+            let first = &slices[i];
             let mut j = i + 1;
             let mut span_end = first.offset + first.len as u64;
             while j < slices.len()
@@ -73,7 +79,7 @@ impl FileStorage {
                 span_end = slices[j].offset + slices[j].len as u64;
                 j += 1;
             }
-            let file = self.segment(first.segment)?;
+            let file = &first.file;
             let mut buf = vec![0u8; (span_end - first.offset) as usize];
             file.read_exact_at(&mut buf, first.offset)?;
             let buf = Bytes::from(buf);

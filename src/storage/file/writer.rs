@@ -101,14 +101,39 @@ impl LogWriter {
     /// Writes one batch and answers its operations; `false` once the writer
     /// cannot go on.
     fn batch(&mut self, shared: Arc<Shared>, ops: Vec<Op>) -> bool {
+        let (done, answer, going) = self.write_batch(&shared, ops);
+        // Let go of the store before answering: once a caller has its answer
+        // and drops the store, nothing here may keep it (and its lock) alive.
+        drop(shared);
+        for finish in done {
+            finish(match &answer {
+                Ok(()) => Ok(()),
+                Err(StorageError::Full) => Err(StorageError::Full),
+                Err(StorageError::Io(e)) => {
+                    Err(StorageError::Io(io::Error::new(e.kind(), e.to_string())))
+                }
+                Err(_) => unreachable!("a batch ends in success, Full or Io"),
+            });
+        }
+        going
+    }
+
+    /// Queues, writes and (on failure) takes back one batch, with the batch
+    /// lock held: the compactor only looks between batches.
+    fn write_batch(
+        &mut self,
+        shared: &Shared,
+        ops: Vec<Op>,
+    ) -> (Vec<Done>, Result<(), StorageError>, bool) {
+        let _batch = shared.batch.lock().unwrap_or_else(|e| e.into_inner());
         let mut done: Vec<Done> = Vec::new();
         for op in ops {
-            self.process(&shared, op, &mut done);
+            self.process(shared, op, &mut done);
         }
         let result = if shared.poisoned.load(Ordering::Acquire) {
             Err(io::Error::other("the log writer stopped during this batch"))
         } else {
-            self.flush(&shared)
+            self.flush(shared)
         };
         if !done.is_empty() {
             let bucket = (usize::BITS - (done.len() - 1).leading_zeros()) as usize;
@@ -127,7 +152,7 @@ impl LogWriter {
             Err(e) if out_of_space(&e) && !shared.poisoned.load(Ordering::Acquire) => {
                 // Nothing of this batch was acknowledged: cut it off the segment
                 // and take it out of the index, then refuse it as a whole.
-                match self.take_back(&shared) {
+                match self.take_back(shared) {
                     Ok(()) => {
                         if !shared.full.swap(true, Ordering::AcqRel) {
                             tracing::error!(
@@ -151,20 +176,7 @@ impl LogWriter {
         if !going {
             shared.poisoned.store(true, Ordering::Release);
         }
-        // Let go of the store before answering: once a caller has its answer
-        // and drops the store, nothing here may keep it (and its lock) alive.
-        drop(shared);
-        for finish in done {
-            finish(match &answer {
-                Ok(()) => Ok(()),
-                Err(StorageError::Full) => Err(StorageError::Full),
-                Err(StorageError::Io(e)) => {
-                    Err(StorageError::Io(io::Error::new(e.kind(), e.to_string())))
-                }
-                Err(_) => unreachable!("a batch ends in success, Full or Io"),
-            });
-        }
-        going
+        (done, answer, going)
     }
 
     /// Cuts the current segment back to its length before this batch and
