@@ -141,3 +141,46 @@ async fn a_client_that_stops_reading_is_cut() {
         .expect("head");
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_stops_reading_is_cut() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let binary = server_binary();
+    let server = start_with(&binary, &[("DS_SERVER__WRITE_STALL_TIMEOUT_MS", "1000")]);
+    wait_ready(server.address).await;
+    let mut client = Client::connect(server.address).await.expect("client");
+    let text = [("content-type", "text/plain".to_owned())];
+    let total = 32 * 1024 * 1024;
+    let (status, _, _) = client
+        .send(Method::PUT, "/big", &text, Bytes::from(vec![b'x'; total]))
+        .await
+        .expect("create");
+    assert_eq!(status, StatusCode::CREATED);
+
+    // HTTP/2 (prior knowledge): the client never reads the body, so it never
+    // gives the server more window; no socket write of the server blocks.
+    let tcp = TcpStream::connect(server.address).await.expect("connect");
+    let (mut h2, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get("http://localhost/v1/stream/big?offset=-1&live=sse")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("request");
+    let response = h2.send_request(request).await.expect("response head");
+    assert_eq!(response.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    // The server has cut the connection: reading now ends in an error well
+    // before the whole stream.
+    let read = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the body ended (the stall was cut)");
+    // An error (the server reset the connection) is the expected ending.
+    if let Ok(body) = read {
+        assert!(body.to_bytes().len() < total, "the whole stream came");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+}

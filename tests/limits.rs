@@ -164,9 +164,10 @@ async fn a_body_slower_than_the_minimum_rate_gets_408_and_writes_nothing() {
         .await
         .expect("task");
     assert_eq!(slow.status(), StatusCode::REQUEST_TIMEOUT);
-    // Two seconds of grace, and ten bytes at 1,000 bytes/s earn 10 ms more.
+    // Two seconds of grace: ten bytes at 1,000 bytes/s would earn 10 ms more
+    // on average, but no pause may outlast the grace.
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(2_010), "{waited:?}");
+    assert!(waited >= Duration::from_millis(2_000), "{waited:?}");
     assert!(waited < Duration::from_millis(2_100), "{waited:?}");
     assert_eq!(get(&svc, "/s").await.text(), "a");
 }
@@ -247,5 +248,26 @@ async fn an_expiry_beyond_year_9999_in_utc_is_refused() {
     assert_eq!(
         send(&svc, Method::HEAD, "/late", &[], b"").await.status,
         StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bytes_sent_early_buy_no_long_pause() {
+    let svc = DurableStreamsService::builder()
+        .min_body_rate(10, Duration::from_secs(2))
+        .build()
+        .expect("service");
+    put(&svc, "/s", "text/plain", b"").await;
+    let started = tokio::time::Instant::now();
+    // 1,000 bytes at once would earn 100 s at 10 bytes/s; the pause after
+    // them is still cut at the 2 s grace.
+    let slow = stalled_append(&svc, "/s", &[b'x'; 1_000])
+        .await
+        .expect("task");
+    assert_eq!(slow.status(), StatusCode::REQUEST_TIMEOUT);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
     );
 }

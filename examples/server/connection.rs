@@ -13,7 +13,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,11 @@ pub struct Activity {
     head_started: AtomicU64,
     /// Since when a write has been waiting for the client to read.
     write_blocked_since: AtomicU64,
+    /// Each response body's hand-off: since when a frame it gave hyper has
+    /// not been followed by hyper asking for the next (0: not waiting). An
+    /// HTTP/2 stream whose client sends no WINDOW_UPDATE stalls here, with no
+    /// socket write pending.
+    bodies: Mutex<Vec<Weak<AtomicU64>>>,
 }
 
 impl Activity {
@@ -57,6 +62,7 @@ impl Activity {
             quiet_since: AtomicU64::new(now_ms()),
             head_started: AtomicU64::new(0),
             write_blocked_since: AtomicU64::new(0),
+            bodies: Mutex::new(Vec::new()),
         })
     }
 
@@ -84,10 +90,34 @@ impl Activity {
         }
     }
 
+    /// The oldest hand-off a body is waiting on (0: none), forgetting bodies
+    /// that are gone.
+    fn oldest_hand_off(&self) -> u64 {
+        let mut bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        let mut oldest = 0;
+        bodies.retain(|body| match body.upgrade() {
+            Some(since) => {
+                let since = since.load(Ordering::Acquire);
+                if since != 0 && (oldest == 0 || since < oldest) {
+                    oldest = since;
+                }
+                true
+            }
+            None => false,
+        });
+        oldest
+    }
+
     /// Whether the connection should close now, and if not, when to look again.
     fn check(&self, limits: &Timeouts, now: u64) -> Result<u64, &'static str> {
         let after = |since: u64, limit: Duration| since + limit.as_millis() as u64;
-        let blocked = self.write_blocked_since.load(Ordering::Acquire);
+        let blocked = match (
+            self.write_blocked_since.load(Ordering::Acquire),
+            self.oldest_hand_off(),
+        ) {
+            (0, handed) | (handed, 0) => handed,
+            (socket, handed) => socket.min(handed),
+        };
         if blocked != 0 && now >= after(blocked, limits.write_stall) {
             return Err("the client stopped reading");
         }
@@ -129,16 +159,26 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted until it is done.
+/// A response body that keeps its request counted until it is done, and
+/// notes how long hyper leaves a frame it was given without asking for more.
 pub struct Tracked {
     body: ResponseBody,
+    handed_off: Arc<AtomicU64>,
     _in_flight: InFlight,
 }
 
 impl Tracked {
     pub fn new(body: ResponseBody, in_flight: InFlight) -> Self {
+        let handed_off = Arc::new(AtomicU64::new(0));
+        in_flight
+            .0
+            .bodies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&handed_off));
         Tracked {
             body,
+            handed_off,
             _in_flight: in_flight,
         }
     }
@@ -152,7 +192,13 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let since = match &polled {
+            Poll::Ready(Some(Ok(_))) => now_ms(),
+            _ => 0,
+        };
+        self.handed_off.store(since, Ordering::Release);
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -312,6 +358,30 @@ mod tests {
         drop(request);
         let quiet = activity.quiet_since.load(Ordering::Acquire);
         assert_eq!(activity.check(&limits(), quiet + 999).map(|_| ()), Ok(()));
+    }
+
+    #[test]
+    fn a_frame_hyper_never_comes_back_for_closes_the_connection() {
+        let activity = Activity::new();
+        let request = activity.begin();
+        let handed = Arc::new(AtomicU64::new(0));
+        activity
+            .bodies
+            .lock()
+            .unwrap()
+            .push(Arc::downgrade(&handed));
+        let now = now_ms();
+        assert!(activity.check(&limits(), now).is_ok(), "nothing handed off");
+        handed.store(now, Ordering::Release);
+        assert_eq!(activity.check(&limits(), now + 10), Ok(now + 500));
+        assert!(activity.check(&limits(), now + 500).is_err());
+        drop(handed);
+        drop(request);
+        assert!(
+            activity.check(&limits(), now + 500).is_ok(),
+            "the body is gone"
+        );
+        assert!(activity.bodies.lock().unwrap().is_empty());
     }
 
     #[test]

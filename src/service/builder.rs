@@ -265,8 +265,9 @@ impl Builder {
     }
 
     /// How slowly a request body may arrive: after `grace`, at least
-    /// `bytes_per_second` on average since the request head, or the request
-    /// gets 408 and nothing is written. Write slots are taken only once the
+    /// `bytes_per_second` on average since the request head, and never a
+    /// pause longer than `grace` between two pieces, or the request gets 408
+    /// and nothing is written. Write slots are taken only once the
     /// whole body is in, so a slow uploader never holds one. Defaults to
     /// 1 KiB/s after 10 seconds.
     ///

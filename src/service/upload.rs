@@ -27,11 +27,12 @@ pub(crate) struct Pace {
 }
 
 impl Pace {
-    /// When a body that has delivered `received` bytes since `started` is
-    /// overdue.
-    fn deadline(&self, started: Instant, received: usize) -> Instant {
+    /// When a body that has delivered `received` bytes since `started`, the
+    /// last of them at `last`, is overdue: it must keep its average rate, and
+    /// never pause longer than the grace (bytes sent early buy no pause later).
+    fn deadline(&self, started: Instant, last: Instant, received: usize) -> Instant {
         let earned = Duration::from_secs_f64(received as f64 / self.min_rate.max(1) as f64);
-        started + self.grace + earned
+        (started + self.grace + earned).min(last + self.grace)
     }
 }
 
@@ -64,7 +65,7 @@ impl Held {
 }
 
 /// Reads a request body: 413 beyond `max_append_bytes`, 408 when it arrives
-/// slower than the pace allows, 503 when the shared budget is spent. The
+/// slower than the pace allows (or pauses longer than the grace), 503 when the shared budget is spent. The
 /// returned share is released when dropped (once the write is done).
 pub(super) async fn receive<B>(
     inner: &Inner,
@@ -87,13 +88,13 @@ where
     let mut received = 0;
     // Most bodies arrive as one data frame: hand that out as is, and only
     // concatenate when there are more.
-    let deadline = pace.deadline(started, received);
+    let deadline = pace.deadline(started, started, received);
     let Some(first) = next_paced(body.as_mut(), deadline, pace, limit).await? else {
         return Ok((Bytes::new(), held));
     };
     held.take(&inner.body_budget, first.len())?;
     received += first.len();
-    let deadline = pace.deadline(started, received);
+    let deadline = pace.deadline(started, Instant::now(), received);
     let Some(second) = next_paced(body.as_mut(), deadline, pace, limit).await? else {
         return Ok((first, held));
     };
@@ -103,7 +104,7 @@ where
     joined.extend_from_slice(&first);
     joined.extend_from_slice(&second);
     loop {
-        let deadline = pace.deadline(started, received);
+        let deadline = pace.deadline(started, Instant::now(), received);
         let Some(more) = next_paced(body.as_mut(), deadline, pace, limit).await? else {
             break;
         };
@@ -187,8 +188,21 @@ mod tests {
             min_rate: 1_000,
         };
         let start = Instant::now();
-        assert_eq!(pace.deadline(start, 0), start + Duration::from_secs(10));
-        assert_eq!(pace.deadline(start, 5_000), start + Duration::from_secs(15));
+        assert_eq!(
+            pace.deadline(start, start, 0),
+            start + Duration::from_secs(10)
+        );
+        let later = start + Duration::from_secs(3);
+        assert_eq!(
+            pace.deadline(start, later, 5_000),
+            start + Duration::from_secs(13),
+            "average rate, but no pause longer than the grace"
+        );
+        let soon = start + Duration::from_secs(1);
+        assert_eq!(
+            pace.deadline(start, soon, 5_000),
+            start + Duration::from_secs(11)
+        );
     }
 
     #[test]

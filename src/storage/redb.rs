@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use super::codec::{self, Reader, Writer};
 use super::queue::{answer, poisoned, Op};
-use super::reserve::{room_for, Reserve};
+use super::reserve::Reserve;
 use super::{
     Append, AppendFuture, CreateOutcome, Cut, RangePlan, ReadChunk, Storage, StorageError,
     StorageFuture, StreamRecord, Take,
@@ -48,7 +48,7 @@ const MAX_BATCH: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct RedbStorage {
     shards: Arc<[Shard]>,
-    dir: Arc<Path>,
+    reserve: Arc<Reserve>,
 }
 
 /// A shard's database; empty while the writer reopens it after an I/O error
@@ -130,7 +130,7 @@ impl RedbStorage {
         }
         Ok(RedbStorage {
             shards: shards.into(),
-            dir: dir.into(),
+            reserve,
         })
     }
 
@@ -250,7 +250,19 @@ type Staged = HashMap<String, Option<StreamRecord>>;
 
 impl ShardWriter {
     fn run(mut self, rx: mpsc::Receiver<Op>) {
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // A reopen that failed is tried again even without writes,
+                    // so that reads come back.
+                    if open_db(&self.db).is_err() {
+                        self.reopen();
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -287,7 +299,8 @@ impl ShardWriter {
             }
             match result {
                 Ok(()) => {
-                    if self.full.swap(false, Ordering::AcqRel) {
+                    // Only a batch that wrote something shows there is room.
+                    if !staged.is_empty() && self.full.swap(false, Ordering::AcqRel) {
                         tracing::info!("redb has room again: writes resume");
                     }
                     self.reserve.keep();
@@ -349,8 +362,14 @@ impl ShardWriter {
                 }
             }
         }
-        match Database::create(&self.path) {
-            Ok(db) => {
+        let reopened = Database::create(&self.path)
+            .map_err(backend)
+            .and_then(|db| load_records(&db).map(|records| (db, records)));
+        match reopened {
+            Ok((db, records)) => {
+                // What the file holds now is the truth: a failed commit may
+                // have reached it after all.
+                *self.records.lock().unwrap_or_else(|e| e.into_inner()) = records;
                 *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
                 tracing::info!(path = %self.path.display(), "reopened the database after an I/O error");
             }
@@ -710,9 +729,18 @@ impl RedbStorage {
         if !self.shards.iter().any(|s| s.full.load(Ordering::Acquire)) {
             return Box::pin(async { Ok(()) });
         }
-        let dir = self.dir.to_path_buf();
+        if let Some(room) = self.reserve.recent_probe() {
+            return Box::pin(async move {
+                if room {
+                    Ok(())
+                } else {
+                    Err(StorageError::Full)
+                }
+            });
+        }
+        let reserve = self.reserve.clone();
         Box::pin(async move {
-            let probed = tokio::task::spawn_blocking(move || room_for(&dir, 1024 * 1024))
+            let probed = tokio::task::spawn_blocking(move || reserve.probe(1024 * 1024))
                 .await
                 .map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
             if probed {

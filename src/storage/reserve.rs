@@ -14,21 +14,55 @@ const RESERVE_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug)]
 pub(crate) struct Reserve {
+    dir: PathBuf,
     path: PathBuf,
     present: AtomicBool,
     tried: Mutex<Option<Instant>>,
+    /// The last probe for room and when it ran: readiness checks that come
+    /// often share one probe a second.
+    probed: Mutex<Option<(Instant, bool)>>,
 }
 
 impl Reserve {
     /// The reserve in `dir`, made now if there is room.
     pub(crate) fn new(dir: &Path) -> Self {
+        // Probe files a crash left behind.
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("space-probe")
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
         let path = dir.join("reserve");
         let present = make(&path).is_ok();
         Reserve {
+            dir: dir.to_path_buf(),
             path,
             present: AtomicBool::new(present),
             tried: Mutex::new(None),
+            probed: Mutex::new(None),
         }
+    }
+
+    /// The result of a probe less than a second old, if any.
+    pub(crate) fn recent_probe(&self) -> Option<bool> {
+        let probed = self.probed.lock().unwrap_or_else(|e| e.into_inner());
+        probed.and_then(|(at, room)| (at.elapsed() < Duration::from_secs(1)).then_some(room))
+    }
+
+    /// Whether `bytes` more can be written beside the store now (blocking).
+    pub(crate) fn probe(&self, bytes: usize) -> bool {
+        if let Some(room) = self.recent_probe() {
+            return room;
+        }
+        let room = room_for(&self.dir, bytes);
+        *self.probed.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), room));
+        room
     }
 
     /// Frees the reserve's space for the deletes about to be written.
@@ -76,8 +110,10 @@ fn make(path: &Path) -> io::Result<()> {
 }
 
 /// Whether `bytes` more can be written in `dir` now (a probe file, removed).
-pub(crate) fn room_for(dir: &Path, bytes: usize) -> bool {
-    let path = dir.join("space-probe");
+fn room_for(dir: &Path, bytes: usize) -> bool {
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!("space-probe-{}-{n}", std::process::id()));
     let fits = File::create(&path)
         .and_then(|mut file| {
             file.write_all(&vec![0u8; bytes])?;
@@ -104,7 +140,12 @@ mod tests {
         assert!(!dir.path().join("reserve").exists());
         reserve.keep();
         assert!(dir.path().join("reserve").exists());
-        assert!(room_for(dir.path(), 4096));
-        assert!(!dir.path().join("space-probe").exists());
+        assert!(reserve.probe(4096));
+        assert_eq!(reserve.recent_probe(), Some(true));
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "only the reserve"
+        );
     }
 }

@@ -127,6 +127,8 @@ pub struct CompactionReport {
 /// One segment to rewrite, as chosen between two batches.
 struct Plan {
     number: u32,
+    /// How many of the segment's streams were alive.
+    alive: usize,
     /// Streams deleted for good: their records go.
     dead: HashSet<u64>,
     /// Delete records to keep: their streams have records in older segments.
@@ -193,6 +195,19 @@ pub(super) fn pass(
                 continue;
             }
         };
+        let freed = copy.before.saturating_sub(copy.after);
+        if freed < 4096 || freed * 10 < copy.before {
+            // The estimate was off (small records, kept delete records): not
+            // worth a rewrite until another stream in it dies.
+            let _ = fs::remove_file(&copy.temp);
+            if let Some(shared) = shared.upgrade() {
+                let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(info) = index.segments.get_mut(&plan.number) {
+                    info.checked = Some(plan.alive);
+                }
+            }
+            continue;
+        }
         match switch(shared, &dir, &plan, copy)? {
             Some(freed) => {
                 report.segments += 1;
@@ -224,8 +239,20 @@ fn choose(shared: &Weak<Shared>, min_dead_ratio: f64) -> io::Result<Option<Vec<P
             *live.entry(piece.segment).or_default() += u64::from(piece.len) + HEADER_LEN as u64;
         }
     }
+    // The oldest segment holding records of each stream: a delete record
+    // must stay while an older segment holds records of its stream.
+    let mut oldest: HashMap<u64, u32> = HashMap::new();
+    for (&number, info) in &index.segments {
+        for &id in &info.ids {
+            oldest.entry(id).or_insert(number);
+        }
+    }
     let mut plans = Vec::new();
     for (&number, info) in index.segments.range(..current) {
+        let alive = info.ids.iter().filter(|&&id| index.alive(id)).count();
+        if info.checked == Some(alive) {
+            continue;
+        }
         let size = match fs::metadata(segment_path(&shared.dir, number)) {
             Ok(meta) => meta.len(),
             Err(_) => continue,
@@ -247,15 +274,11 @@ fn choose(shared: &Weak<Shared>, min_dead_ratio: f64) -> io::Result<Option<Vec<P
             .deletes
             .iter()
             .copied()
-            .filter(|id| {
-                index
-                    .segments
-                    .range(..number)
-                    .any(|(_, older)| older.ids.contains(id))
-            })
+            .filter(|id| oldest.get(id).is_some_and(|&first| first < number))
             .collect();
         plans.push(Plan {
             number,
+            alive,
             dead,
             keep_deletes,
         });
@@ -316,7 +339,11 @@ fn copy(
             written += len;
         }
         at += len;
-        limiter.spend(len + if keep { len } else { 0 });
+        if !limiter.spend(len + if keep { len } else { 0 }, shared) {
+            drop(writer);
+            let _ = fs::remove_file(&temp);
+            return Ok(None);
+        }
     }
     let file = writer.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
@@ -347,7 +374,12 @@ fn switch(shared: &Weak<Shared>, dir: &Path, plan: &Plan, copy: Copy) -> io::Res
             let _ = fs::remove_file(&copy.temp);
             return Ok(None);
         }
-        fs::rename(&copy.temp, segment_path(dir, plan.number))?;
+        if let Err(e) = fs::rename(&copy.temp, segment_path(dir, plan.number)) {
+            drop(index);
+            let _ = fs::remove_file(&copy.temp);
+            tracing::warn!(segment = plan.number, error = %e, "could not put a compacted segment in place; it stays as it was");
+            return Ok(None);
+        }
         let streams: Vec<String> = copy
             .ids
             .iter()
@@ -366,6 +398,7 @@ fn switch(shared: &Weak<Shared>, dir: &Path, plan: &Plan, copy: Copy) -> io::Res
         if let Some(info) = index.segments.get_mut(&plan.number) {
             info.ids = copy.ids;
             info.deletes = copy.deletes;
+            info.checked = Some(plan.alive);
         }
         shared
             .open_segments
@@ -405,15 +438,23 @@ impl Limiter {
         }
     }
 
-    fn spend(&mut self, bytes: u64) {
+    /// Waits until `bytes` more are within the rate, in short naps so that
+    /// a dropped store is noticed at once; `false` if it was.
+    fn spend(&mut self, bytes: u64, shared: &Weak<Shared>) -> bool {
         if self.rate == 0 {
-            return;
+            return true;
         }
         self.spent += bytes;
         let due = Duration::from_secs_f64(self.spent as f64 / self.rate as f64);
-        let elapsed = self.started.elapsed();
-        if due > elapsed + Duration::from_millis(5) {
-            std::thread::sleep(due - elapsed);
+        loop {
+            let elapsed = self.started.elapsed();
+            if due <= elapsed + Duration::from_millis(5) {
+                return true;
+            }
+            if shared.strong_count() == 0 {
+                return false;
+            }
+            std::thread::sleep((due - elapsed).min(Duration::from_millis(50)));
         }
     }
 }

@@ -28,6 +28,10 @@ pub(super) struct SegmentInfo {
     pub(super) ids: HashSet<u64>,
     /// Stream ids whose delete record is here.
     pub(super) deletes: Vec<u64>,
+    /// How many of `ids` were alive when the compactor last rewrote this
+    /// segment or found it not worth rewriting: until another of them dies,
+    /// it is not looked at again.
+    pub(super) checked: Option<usize>,
 }
 
 #[derive(Debug, Default)]

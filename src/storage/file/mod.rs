@@ -38,7 +38,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::queue::{answer, poisoned, Op};
-use super::reserve::{room_for, Reserve};
+use super::reserve::Reserve;
 use super::{
     Append, AppendFuture, CreateOutcome, Cut, ReadChunk, Storage, StorageError, StorageFuture,
     StreamRecord,
@@ -205,6 +205,7 @@ impl FileStorage {
             size,
             buffer: Vec::with_capacity(1 << 20),
             undo: HashMap::new(),
+            batch_start: size,
         };
         let thread = std::thread::Builder::new()
             .name("ds-file-writer".into())
@@ -428,12 +429,21 @@ impl Storage for FileStorage {
         if !self.shared.full.load(Ordering::Acquire) {
             return Box::pin(async { Ok(()) });
         }
-        let dir = self.shared.dir.clone();
-        // Room for the batch that did not fit (at least 64 KiB, at most 16 MiB).
+        // Room for the batch that did not fit (at least 64 KiB, at most 1 MiB).
         let needed = self.shared.needed.load(Ordering::Acquire);
-        let probe = needed.clamp(64 * 1024, 16 * 1024 * 1024) as usize;
+        let probe = needed.clamp(64 * 1024, 1024 * 1024) as usize;
+        if let Some(room) = self.shared.reserve.recent_probe() {
+            return Box::pin(async move {
+                if room {
+                    Ok(())
+                } else {
+                    Err(StorageError::Full)
+                }
+            });
+        }
+        let this = self.shared.clone();
         Box::pin(async move {
-            let probed = tokio::task::spawn_blocking(move || room_for(&dir, probe))
+            let probed = tokio::task::spawn_blocking(move || this.reserve.probe(probe))
                 .await
                 .map_err(|e| StorageError::Io(io::Error::other(e)))?;
             if probed {

@@ -32,6 +32,8 @@ pub(super) struct LogWriter {
     pub(super) buffer: Vec<u8>,
     /// Each stream this batch changed, as it was before (`None`: created here).
     pub(super) undo: HashMap<String, Option<Before>>,
+    /// The current segment's length before the batch being written.
+    pub(super) batch_start: u64,
 }
 
 /// A stream's index entry before a batch changed it.
@@ -141,6 +143,11 @@ impl LogWriter {
         }
         let mut going = true;
         let answer = match result {
+            // Only a batch that wrote something shows there is room again.
+            Ok(()) if self.size == self.batch_start => {
+                self.undo.clear();
+                Ok(())
+            }
             Ok(()) => {
                 self.undo.clear();
                 if shared.full.swap(false, Ordering::AcqRel) {
@@ -182,14 +189,15 @@ impl LogWriter {
     /// Cuts the current segment back to its length before this batch and
     /// restores the index entries the batch changed.
     fn take_back(&mut self, shared: &Shared) -> io::Result<()> {
-        shared
-            .needed
-            .store(self.buffer.len() as u64, Ordering::Release);
+        // The batch may be partly written, or wholly written with its fsync
+        // failing: cut the segment back to where the batch began either way,
+        // and make the cut durable.
+        let batch = self.size - self.batch_start + self.buffer.len() as u64;
+        shared.needed.store(batch, Ordering::Release);
         self.buffer.clear();
+        self.size = self.batch_start;
         self.file.set_len(self.size)?;
-        if self.durability == Durability::Fsync {
-            self.file.sync_data()?;
-        }
+        self.file.sync_data()?;
         let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
         for (key, before) in self.undo.drain() {
             let now = index.streams.remove(&key);
@@ -467,6 +475,7 @@ impl LogWriter {
 
     fn flush(&mut self, shared: &Shared) -> io::Result<()> {
         let operations = self.buffer.is_empty();
+        self.batch_start = self.size;
         self.write_buffer()?;
         if self.durability == Durability::Fsync && !operations {
             self.file.sync_data()?;
