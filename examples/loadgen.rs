@@ -19,6 +19,13 @@
 //!
 //! A run that saw errors or lost messages says so loudly and exits non-zero: its
 //! figures are not comparable.
+//!
+//! `append` and `catchup` report the tool's own CPU use (user + system time
+//! over wall time, from `/proc/self/stat`) beside the server's (`--server-pid`),
+//! and **refuse to report a figure** (exit code 3) when the tool kept the cores
+//! it may run on more than 85 % busy: such a figure measures the client, not
+//! the server. Pin the tool and the server to separate cores (`taskset`).
+//! Response bodies are counted frame by frame and dropped, never gathered.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -65,6 +72,9 @@ struct CatchupArgs {
     /// Duration of the reading phase in seconds (1..=300).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     seconds: u64,
+    /// The server's process id, to report its CPU use beside the tool's.
+    #[arg(long)]
+    server_pid: Option<u32>,
     #[arg(long)]
     json: bool,
 }
@@ -137,6 +147,9 @@ struct AppendArgs {
     /// spread round-robin over `--url` and these.
     #[arg(long)]
     also: Vec<String>,
+    /// The server's process id, to report its CPU use beside the tool's.
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -219,6 +232,43 @@ impl Connection {
             .map_err(|e| e.to_string())
     }
 
+    /// Sends a request built once (`prepared`, cloned: no URI or header is
+    /// parsed per request) and reads the response through, counting it
+    /// without gathering it; its status.
+    async fn send_prepared(
+        &mut self,
+        prepared: &http::request::Parts,
+        body: Bytes,
+    ) -> Result<StatusCode, String> {
+        let request = Request::from_parts(prepared.clone(), Full::new(body));
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        drain(response.into_body()).await?;
+        Ok(status)
+    }
+
+    /// The parts of a request to send again and again.
+    fn prepare(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+    ) -> Result<http::request::Parts, String> {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host)
+            .header("content-type", content_type)
+            .body(())
+            .map_err(|e| e.to_string())?;
+        Ok(request.into_parts().0)
+    }
+
     /// Sends a request and collects the whole response.
     async fn exchange(
         &mut self,
@@ -246,6 +296,112 @@ impl Connection {
             .await?;
         Ok(status)
     }
+}
+
+/// CPU time (user + system, all threads) a process has used, in seconds, from
+/// `/proc/<pid>/stat` (clock ticks of USER_HZ, 100 a second on Linux).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is the
+    // first, utime the 12th and stime the 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// The tool's and the server's CPU use over a measured phase.
+struct CpuMeter {
+    started: Instant,
+    client: f64,
+    server: Option<(u32, f64)>,
+}
+
+/// CPU use over a phase, as fractions of one core.
+struct CpuUse {
+    client: f64,
+    /// The cores the tool may run on (its affinity).
+    client_cores: usize,
+    server: Option<f64>,
+}
+
+impl CpuMeter {
+    fn start(server_pid: Option<u32>) -> Self {
+        CpuMeter {
+            started: Instant::now(),
+            client: cpu_seconds("self").unwrap_or(0.0),
+            server: server_pid.and_then(|pid| cpu_seconds(&pid.to_string()).map(|cpu| (pid, cpu))),
+        }
+    }
+
+    fn finish(&self) -> CpuUse {
+        let wall = self.started.elapsed().as_secs_f64().max(1e-9);
+        CpuUse {
+            client: (cpu_seconds("self").unwrap_or(0.0) - self.client) / wall,
+            client_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            server: self.server.and_then(|(pid, before)| {
+                cpu_seconds(&pid.to_string()).map(|now| (now - before) / wall)
+            }),
+        }
+    }
+}
+
+impl CpuUse {
+    /// The most the tool may use of its cores before its figures stop
+    /// measuring the server.
+    const LIMIT: f64 = 0.85;
+
+    fn busy(&self) -> f64 {
+        self.client / self.client_cores as f64
+    }
+
+    fn refused(&self) -> bool {
+        self.busy() > Self::LIMIT
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "load tool CPU {:.0}% of {} core(s), server CPU {}",
+            self.busy() * 100.0,
+            self.client_cores,
+            self.server
+                .map_or("? (no --server-pid)".into(), |s| format!(
+                    "{:.0}% of a core",
+                    s * 100.0
+                ))
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"client_cpu": self.client, "client_cores": self.client_cores,
+            "client_busy": self.busy(), "server_cpu": self.server, "refused": self.refused()})
+    }
+
+    /// Says so, loudly, when the figure is refused.
+    fn refusal(&self, workload: &str) -> bool {
+        if self.refused() {
+            eprintln!(
+                "REFUSED: the load tool kept its {} core(s) {:.0}% busy (limit {:.0}%): \
+                 the {workload} figure would measure the client, not the server. \
+                 Pin the tool to its own core(s), or lighten the load.",
+                self.client_cores,
+                self.busy() * 100.0,
+                Self::LIMIT * 100.0
+            );
+        }
+        self.refused()
+    }
+}
+
+/// Reads a response body to its end, counting its bytes frame by frame
+/// without gathering or copying them.
+async fn drain(mut body: hyper::body::Incoming) -> Result<u64, String> {
+    let mut bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.map_err(|e| e.to_string())?.data_ref() {
+            bytes += data.len() as u64;
+        }
+    }
+    Ok(bytes)
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -277,22 +433,27 @@ async fn append(args: AppendArgs) -> Result<bool, String> {
     let body = Bytes::from(vec![b'x'; args.bytes]);
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
+    let meter = CpuMeter::start(args.server_pid);
     let mut tasks = Vec::new();
     for c in 0..usize::from(args.connections) {
         let (paths, body, content_type) = (paths.clone(), body.clone(), args.content_type.clone());
         let mut connection = Connection::open(&targets[c % targets.len()]).await?;
+        let prepared = paths
+            .iter()
+            .map(|path| connection.prepare(Method::POST, path, &content_type))
+            .collect::<Result<Vec<_>, _>>()?;
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
             let mut n = c;
-            while Instant::now() < deadline {
-                let path = &paths[n % paths.len()];
-                n += usize::from(u16::MAX);
+            loop {
                 let sent = Instant::now();
-                match connection
-                    .send(Method::POST, path, &content_type, body.clone())
-                    .await
-                {
+                if sent >= deadline {
+                    break;
+                }
+                let request = &prepared[n % prepared.len()];
+                n += usize::from(u16::MAX);
+                match connection.send_prepared(request, body.clone()).await {
                     Ok(status) if status.is_success() => latencies.push(sent.elapsed()),
                     Ok(_) => errors += 1,
                     Err(_) => {
@@ -311,11 +472,21 @@ async fn append(args: AppendArgs) -> Result<bool, String> {
         latencies.extend(l);
         errors += e;
     }
+    let cpu = meter.finish();
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
     let n = latencies.len();
     let rate = n as f64 / elapsed;
     let mbps = rate * args.bytes as f64 / 1e6;
+    if cpu.refusal("append") {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"workload": "append", "cpu": cpu.json()})
+            );
+        }
+        return Err(Refused.into());
+    }
     let (p50, p99, p999) = (
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
@@ -328,13 +499,13 @@ async fn append(args: AppendArgs) -> Result<bool, String> {
                 "workload": "append", "connections": args.connections, "streams": args.streams,
                 "bytes": args.bytes, "seconds": elapsed, "appends": n, "appends_per_sec": rate,
                 "mb_per_sec": mbps, "p50_us": p50.as_micros(), "p99_us": p99.as_micros(),
-                "p999_us": p999.as_micros(), "errors": errors,
+                "p999_us": p999.as_micros(), "errors": errors, "cpu": cpu.json(),
             })
         );
     } else {
         println!(
-            "append: {} connections, {} streams, {} B: {n} appends in {elapsed:.1} s = {rate:.0}/s ({mbps:.1} MB/s); latency p50 {p50:?} p99 {p99:?} p999 {p999:?}; errors {errors}",
-            args.connections, args.streams, args.bytes
+            "append: {} connections, {} streams, {} B: {n} appends in {elapsed:.1} s = {rate:.0}/s ({mbps:.1} MB/s); latency p50 {p50:?} p99 {p99:?} p999 {p999:?}; errors {errors}; {}",
+            args.connections, args.streams, args.bytes, cpu.text()
         );
     }
     if errors > 0 {
@@ -391,6 +562,7 @@ async fn catchup(args: CatchupArgs) -> Result<bool, String> {
     }
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
+    let meter = CpuMeter::start(args.server_pid);
     let mut tasks = Vec::new();
     for _ in 0..args.readers {
         let mut connection = Connection::open(&target).await?;
@@ -402,17 +574,26 @@ async fn catchup(args: CatchupArgs) -> Result<bool, String> {
                 let mut offset = "-1".to_owned();
                 let mut got = 0u64;
                 loop {
-                    match connection
-                        .exchange(
+                    let response = connection
+                        .request(
                             Method::GET,
                             &format!("{path}?offset={offset}"),
                             None,
                             Bytes::new(),
                         )
-                        .await
-                    {
-                        Ok((StatusCode::OK, headers, body)) => {
-                            got += body.len() as u64;
+                        .await;
+                    let response = match response {
+                        Ok(response) if response.status() == StatusCode::OK => response,
+                        _ => {
+                            errors += 1;
+                            break 'outer;
+                        }
+                    };
+                    let (parts, body) = response.into_parts();
+                    let headers = parts.headers;
+                    match drain(body).await {
+                        Ok(read) => {
+                            got += read;
                             let Some(next) = headers
                                 .get("stream-next-offset")
                                 .and_then(|v| v.to_str().ok())
@@ -449,17 +630,27 @@ async fn catchup(args: CatchupArgs) -> Result<bool, String> {
         errors += e;
         latencies.extend(l);
     }
+    let cpu = meter.finish();
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
     let mbps = bytes as f64 / elapsed / 1e6;
+    if cpu.refusal("catchup") {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"workload": "catchup", "cpu": cpu.json()})
+            );
+        }
+        return Err(Refused.into());
+    }
     let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
     report(
         args.json,
         serde_json::json!({"workload": "catchup", "megabytes": args.megabytes, "append_bytes": args.append_bytes,
             "readers": args.readers, "full_reads": reads, "mb_per_sec": mbps, "read_p50_ms": p50.as_secs_f64() * 1e3,
-            "read_p99_ms": p99.as_secs_f64() * 1e3, "errors": errors}),
-        format!("catchup: {} MiB in {} B appends, {} readers: {reads} full reads = {mbps:.0} MB/s; per full read p50 {p50:?} p99 {p99:?}; errors {errors}",
-            args.megabytes, args.append_bytes, args.readers),
+            "read_p99_ms": p99.as_secs_f64() * 1e3, "errors": errors, "cpu": cpu.json()}),
+        format!("catchup: {} MiB in {} B appends, {} readers: {reads} full reads = {mbps:.0} MB/s; per full read p50 {p50:?} p99 {p99:?}; errors {errors}; {}",
+            args.megabytes, args.append_bytes, args.readers, cpu.text()),
     );
     Ok(errors == 0)
 }
@@ -792,8 +983,40 @@ async fn streams(args: StreamsArgs) -> Result<bool, String> {
     Ok(errors == 0)
 }
 
-#[tokio::main]
-async fn main() {
+/// A figure withheld because the tool itself was the limit.
+struct Refused;
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("refused: the load tool was the bottleneck")
+    }
+}
+
+impl From<Refused> for String {
+    fn from(refused: Refused) -> String {
+        refused.to_string()
+    }
+}
+
+fn main() {
+    // One thread when the tool may use one core (pinned with taskset): a
+    // multi-thread runtime with one worker costs more per request.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .enable_all()
+            .build()
+    }
+    .expect("tokio runtime");
+    runtime.block_on(run());
+}
+
+async fn run() {
     let cli = Cli::parse();
     let outcome = match cli.workload {
         Workload::Append(args) => append(args).await,
@@ -804,6 +1027,7 @@ async fn main() {
     match outcome {
         Ok(true) => {}
         Ok(false) => std::process::exit(2),
+        Err(message) if message == Refused.to_string() => std::process::exit(3),
         Err(message) => {
             eprintln!("error: {message}");
             std::process::exit(1);

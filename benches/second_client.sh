@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The load tool checked against a second, independent client (docs/benchmarks.md,
+# "Two clients, one figure"): the same workloads against the same server run by
+# examples/loadgen.rs and by wrk (Debian's package), server pinned to core 0,
+# client to core 1, alternating, ROUNDS times:
+#   - appends/s: 16 connections, one stream, 1 KiB bodies;
+#   - catch-up MB/s: 4 connections reading a 1 MiB stream from the start
+#     (one response each: the whole stream fits one read).
+# Each loadgen line carries its own CPU and the server's; loadgen refuses to
+# report a figure it was the limit of. wrk's figure is requests/s x body size.
+#
+#   benches/second_client.sh                        # memory mode, 5 s, 3 rounds
+#   MODE=file-durable ROUNDS=2 SECONDS_PER_RUN=10 benches/second_client.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=${MODE:-memory}
+secs=${SECONDS_PER_RUN:-5}
+rounds=${ROUNDS:-3}
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+command -v taskset >/dev/null || { echo "taskset is needed (util-linux)" >&2; exit 1; }
+cargo build --quiet --release --example server --example loadgen
+bin=target/release/examples
+work=$(mktemp -d)
+server_pid=
+cleanup() {
+  [ -z "$server_pid" ] || kill -TERM "$server_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+DS_SERVER__HOST=127.0.0.1 DS_SERVER__PORT=0 DS_STORAGE__MODE=$mode \
+  DS_STORAGE__DATA_DIR="$work/data" DS_LIMITS__MAX_MEMORY_BYTES=8589934592 RUST_LOG=warn \
+  taskset -c 0 "$bin/server" >"$work/out" 2>"$work/err" &
+server_pid=$!
+for _ in $(seq 100); do grep -q listening "$work/out" && break; sleep 0.1; done
+url=$(sed -n 's/^listening on \(http:[^ ]*\)\/$/\1/p' "$work/out")
+for _ in $(seq 100); do curl -sf "${url%/v1/stream}/readyz" >/dev/null && break; sleep 0.1; done
+
+# wrk's inputs: a 1 KiB append script, and a 1 MiB stream to read.
+cat >"$work/append.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = string.rep("x", 1024)
+wrk.headers["Content-Type"] = "application/octet-stream"
+LUA
+head -c 1048576 /dev/zero | tr '\0' 'c' >"$work/mib"
+curl -sf -X PUT -H 'content-type: application/octet-stream' "$url/wrk-append" >/dev/null
+curl -sf -X PUT -H 'content-type: application/octet-stream' --data-binary "@$work/mib" \
+  "$url/wrk-catchup" >/dev/null
+
+# requests/s from wrk's output.
+wrk_rate() { sed -n 's/^Requests\/sec: *\([0-9.]*\)/\1/p'; }
+
+echo "| round | workload | loadgen | wrk | wrk / loadgen | loadgen's own CPU, server CPU |"
+echo "|---|---|---|---|---|---|"
+for round in $(seq "$rounds"); do
+  lg=$(taskset -c 1 "$bin/loadgen" append --url "$url" --connections 16 --streams 1 \
+    --bytes 1024 --seconds "$secs" --server-pid "$server_pid" --json || true)
+  wk=$(taskset -c 1 wrk -t1 -c16 -d"${secs}s" -s "$work/append.lua" "$url/wrk-append" | wrk_rate)
+  python3 - "$round" "$lg" "$wk" <<'PY'
+import json, sys
+r, lg, wk = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
+a, c = lg.get("appends_per_sec"), lg["cpu"]
+if a is None:
+    print(f"| {r} | appends/s, 16 conns, 1 KiB | refused (tool {c['client_busy']*100:.0f}% busy) | {wk:,.0f} | | |")
+    sys.exit(0)
+print(f"| {r} | appends/s, 16 conns, 1 KiB | {a:,.0f} | {wk:,.0f} | {wk/a:.2f} | {c['client_busy']*100:.0f}%, {c['server_cpu']*100:.0f}% |")
+PY
+  lg=$(taskset -c 1 "$bin/loadgen" catchup --url "$url" --megabytes 1 --append-bytes 65536 \
+    --readers 4 --seconds "$secs" --server-pid "$server_pid" --json || true)
+  wk=$(taskset -c 1 wrk -t1 -c4 -d"${secs}s" "$url/wrk-catchup?offset=-1" | wrk_rate)
+  python3 - "$round" "$lg" "$wk" <<'PY'
+import json, sys
+r, lg, wk = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]) * 1048576 / 1e6
+m, c = lg.get("mb_per_sec"), lg["cpu"]
+if m is None:
+    print(f"| {r} | catch-up MB/s, 4 conns, 1 MiB | refused (tool {c['client_busy']*100:.0f}% busy) | {wk:,.0f} | | |")
+    sys.exit(0)
+print(f"| {r} | catch-up MB/s, 4 conns, 1 MiB | {m:,.0f} | {wk:,.0f} | {wk/m:.2f} | {c['client_busy']*100:.0f}%, {c['server_cpu']*100:.0f}% |")
+PY
+done
