@@ -12,6 +12,8 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(offset headers query json sse)
 triple="$(rustc -vV | sed -n 's/^host: //p')"
+# Where cargo puts the binaries: CARGO_TARGET_DIR when set, else fuzz/target.
+binaries="${CARGO_TARGET_DIR:-$PWD/target}/$triple/release"
 
 RUSTFLAGS="-Cpasses=sancov-module \
   -Cllvm-args=-sanitizer-coverage-level=4 \
@@ -27,7 +29,7 @@ for target in "${targets[@]}"; do
   log="artifacts/$target.log"
   # libFuzzer exits 0 when the time is up and non-zero on a crash (or when it
   # cannot run at all): either way the run stops here, with the fuzzer's words.
-  if ! "target/$triple/release/$target" \
+  if ! "$binaries/$target" \
     -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="artifacts/$target/" "corpus/$target" >"$log" 2>&1; then
     tail -n 40 "$log" >&2
