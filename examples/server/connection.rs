@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -44,8 +44,13 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// When the last request finished (or the connection opened).
     quiet_since: AtomicU64,
-    /// When bytes first arrived with no request in progress: a head is coming.
+    /// When bytes first arrived with no request in progress: a head is coming
+    /// (HTTP/1.1 only: on HTTP/2 control frames arrive between requests).
     head_started: AtomicU64,
+    /// The connection speaks HTTP/2 (its preface, or ALPN `h2`).
+    http2: AtomicBool,
+    /// The first bytes were looked at for the HTTP/2 preface.
+    sniffed: AtomicBool,
     /// Since when a write has been waiting for the client to read.
     write_blocked_since: AtomicU64,
     /// Each response body's hand-off: since when a frame it gave hyper has
@@ -61,6 +66,8 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             quiet_since: AtomicU64::new(now_ms()),
             head_started: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
+            sniffed: AtomicBool::new(false),
             write_blocked_since: AtomicU64::new(0),
             bodies: Mutex::new(Vec::new()),
         })
@@ -73,7 +80,20 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    fn read(&self) {
+    /// The connection negotiated HTTP/2 (ALPN over TLS): between requests it
+    /// is idle, whatever control frames arrive.
+    pub fn speaks_http2(&self) {
+        self.http2.store(true, Ordering::Release);
+        self.head_started.store(0, Ordering::Release);
+    }
+
+    fn read(&self, bytes: &[u8]) {
+        if !self.sniffed.swap(true, Ordering::AcqRel) && bytes.starts_with(b"PRI * HTTP/2.0") {
+            self.http2.store(true, Ordering::Release);
+        }
+        if self.http2.load(Ordering::Acquire) {
+            return;
+        }
         if self.in_flight.load(Ordering::Acquire) == 0
             && self.head_started.load(Ordering::Acquire) == 0
         {
@@ -231,7 +251,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.read();
+            self.activity.read(&buf.filled()[before..]);
         }
         polled
     }
@@ -348,9 +368,28 @@ mod tests {
     }
 
     #[test]
+    fn http2_frames_between_requests_leave_the_connection_idle() {
+        let activity = Activity::new();
+        activity.read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        activity.read(b"a PING frame");
+        let quiet = activity.quiet_since.load(Ordering::Acquire);
+        assert!(
+            activity.check(&limits(), quiet + 500).is_ok(),
+            "not a stalled head"
+        );
+        assert_eq!(activity.check(&limits(), quiet + 1_000), Err("idle"));
+        let tls = Activity::new();
+        tls.read(b"a TLS ClientHello");
+        tls.speaks_http2();
+        tls.read(b"a WINDOW_UPDATE frame");
+        let quiet = tls.quiet_since.load(Ordering::Acquire);
+        assert!(tls.check(&limits(), quiet + 500).is_ok());
+    }
+
+    #[test]
     fn a_partial_head_gets_the_header_timeout_and_a_request_none() {
         let activity = Activity::new();
-        activity.read();
+        activity.read(b"POST /v1/stream/x HTTP/1.1\r\n");
         let head = activity.head_started.load(Ordering::Acquire);
         assert!(activity.check(&limits(), head + 100).is_err());
         let request = activity.begin();

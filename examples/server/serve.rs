@@ -297,7 +297,12 @@ pub async fn serve(config: Config) {
                         Some(acceptor) => {
                             // The handshake runs in the connection's task, never in the accept loop.
                             let stream = match within(handshake_timeout, acceptor.accept(stream)).await {
-                                Some(Ok(stream)) => stream,
+                                Some(Ok(stream)) => {
+                                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                        activity.speaks_http2();
+                                    }
+                                    stream
+                                }
                                 Some(Err(e)) => {
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                     return;
