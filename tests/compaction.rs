@@ -6,7 +6,6 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -14,13 +13,6 @@ use common::*;
 use http::{Method, StatusCode};
 use tower_durable_streams::storage::{Compaction, Durability, FileStorage};
 use tower_durable_streams::DurableStreamsService;
-
-fn log_bytes(dir: &Path) -> u64 {
-    fs::read_dir(dir.join("log"))
-        .expect("log dir")
-        .map(|e| e.expect("entry").metadata().expect("meta").len())
-        .sum()
-}
 
 fn service(storage: FileStorage) -> DurableStreamsService {
     DurableStreamsService::builder()
@@ -52,23 +44,6 @@ async fn interleaved(svc: &DurableStreamsService) -> Vec<u8> {
         assert_eq!(reply.status, StatusCode::NO_CONTENT);
     }
     kept
-}
-
-async fn read_all(svc: &DurableStreamsService, path: &str) -> Vec<u8> {
-    let mut all = Vec::new();
-    let mut offset = "-1".to_owned();
-    loop {
-        let reply = get(svc, &format!("{path}?offset={offset}")).await;
-        assert_eq!(reply.status, StatusCode::OK, "read {path}");
-        all.extend_from_slice(&reply.body);
-        offset = reply
-            .header("stream-next-offset")
-            .expect("offset")
-            .to_owned();
-        if reply.header("stream-up-to-date").is_some() {
-            return all;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::log_bytes;
 use common::process::{server_binary, start_with, wait_ready, Client, Server};
 use http::{Method, StatusCode};
 
@@ -45,38 +46,10 @@ fn start(binary: &Path, mode: &str, dir: &Path) -> Server {
     )
 }
 
-async fn read_all(client: &mut Client, path: &str) -> Option<Vec<u8>> {
-    let mut data = Vec::new();
-    let mut offset = "-1".to_owned();
-    loop {
-        let (status, headers, body) = client
-            .send(
-                Method::GET,
-                &format!("{path}?offset={offset}"),
-                &[],
-                Bytes::new(),
-            )
-            .await
-            .expect("read after restart");
-        if status == StatusCode::NOT_FOUND {
-            return None;
-        }
-        assert_eq!(status, StatusCode::OK, "read {path}");
-        data.extend_from_slice(&body);
-        offset = headers["stream-next-offset"]
-            .to_str()
-            .expect("offset")
-            .to_owned();
-        if headers.contains_key("stream-up-to-date") {
-            return Some(data);
-        }
-    }
-}
-
 async fn verify(address: SocketAddr, ledger: &mut Ledger) {
     let mut client = Client::connect(address).await.expect("connect");
     for (path, (acked, in_flight)) in ledger.live.iter_mut() {
-        let found = read_all(&mut client, path).await;
+        let found = client.read_all(path).await.map(|(data, _)| data.to_vec());
         let found = found.unwrap_or_else(|| panic!("{path} lost"));
         match in_flight.take() {
             Some(extra) if found.len() > acked.len() => {
@@ -92,13 +65,10 @@ async fn verify(address: SocketAddr, ledger: &mut Ledger) {
         }
     }
     for path in &ledger.deleted {
-        assert!(
-            read_all(&mut client, path).await.is_none(),
-            "{path} came back"
-        );
+        assert!(client.read_all(path).await.is_none(), "{path} came back");
     }
     for path in std::mem::take(&mut ledger.deleting) {
-        if read_all(&mut client, &path).await.is_none() {
+        if client.read_all(&path).await.is_none() {
             ledger.deleted.push(path);
         }
         // Still there: a delete in flight that did not happen; left alone.
@@ -156,17 +126,6 @@ async fn churn(address: SocketAddr, writer: usize, round: usize, ledger: Arc<Mut
             l.deleted.push(path);
         }
     }
-}
-
-fn log_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir.join("log"))
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 async fn run_mode(mode: &str) {

@@ -97,42 +97,16 @@ fn check_stream(stream: &str, found: &[String], ledger: &Ledger) {
     }
 }
 
-async fn read_all(client: &mut Client, path: &str) -> (Bytes, bool) {
-    let mut data = Vec::new();
-    let mut offset = "-1".to_owned();
-    loop {
-        let (status, headers, body) = client
-            .send(
-                Method::GET,
-                &format!("{path}?offset={offset}"),
-                &[],
-                Bytes::new(),
-            )
-            .await
-            .expect("read after restart");
-        assert_eq!(status, StatusCode::OK, "read {path}");
-        data.extend_from_slice(&body);
-        let next = headers["stream-next-offset"]
-            .to_str()
-            .expect("offset")
-            .to_owned();
-        if headers.contains_key("stream-up-to-date") {
-            return (Bytes::from(data), headers.contains_key("stream-closed"));
-        }
-        offset = next;
-    }
-}
-
 async fn verify(address: SocketAddr, ledger: &Ledger) {
     let mut client = Client::connect(address).await.expect("connect");
     for stream in ["/bin0", "/bin1", "/prod"] {
-        let (body, closed) = read_all(&mut client, stream).await;
+        let (body, closed) = client.read_all(stream).await.expect("stream exists");
         check_stream(stream, &tokens(&body), ledger);
         if ledger.closed.get(stream).copied().unwrap_or(false) {
             assert!(closed, "{stream} was closed before the crash");
         }
     }
-    let (body, _) = read_all(&mut client, "/json").await;
+    let (body, _) = client.read_all("/json").await.expect("stream exists");
     let values: Vec<String> = serde_json::from_slice(&body).expect("json array");
     check_stream("/json", &values, ledger);
 }

@@ -58,24 +58,6 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Everything in a stream, following `Stream-Next-Offset` page by page.
-async fn read_all(service: &DurableStreamsService, path: &str) -> Vec<u8> {
-    let mut all = Vec::new();
-    let mut offset = "-1".to_owned();
-    loop {
-        let reply = get(service, &format!("{path}?offset={offset}")).await;
-        assert_eq!(reply.status, StatusCode::OK, "read {path}");
-        all.extend_from_slice(&reply.body);
-        offset = reply
-            .header("stream-next-offset")
-            .expect("offset")
-            .to_owned();
-        if reply.header("stream-up-to-date").is_some() {
-            return all;
-        }
-    }
-}
-
 fn chunk(i: usize) -> Vec<u8> {
     let mut chunk = vec![b'a' + (i % 26) as u8; 256 * 1024];
     chunk[..8].copy_from_slice(&(i as u64).to_be_bytes());

@@ -127,6 +127,34 @@ pub async fn get(service: &DurableStreamsService, path: &str) -> Reply {
     send(service, Method::GET, path, &[], b"").await
 }
 
+/// Everything in a stream, read page by page following `Stream-Next-Offset`
+/// until `Stream-Up-To-Date`; each page must be 200.
+pub async fn read_all(service: &DurableStreamsService, path: &str) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut offset = "-1".to_owned();
+    loop {
+        let reply = get(service, &format!("{path}?offset={offset}")).await;
+        assert_eq!(reply.status, StatusCode::OK, "read {path}");
+        all.extend_from_slice(&reply.body);
+        offset = reply.next_offset();
+        if reply.header("stream-up-to-date").is_some() {
+            return all;
+        }
+    }
+}
+
+/// The bytes in a file store's log segments.
+pub fn log_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir.join("log"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// The next data frame of a streaming body, as text; `None` at the end.
 pub async fn next_frame(body: &mut ResponseBody) -> Option<String> {
     loop {

@@ -148,4 +148,35 @@ impl Client {
         let body = body.collect().await.ok()?.to_bytes();
         Some((parts.status, parts.headers, body))
     }
+
+    /// Everything in a stream (its path under the mount), read page by page
+    /// following `Stream-Next-Offset`, and whether it is closed; `None` if it
+    /// does not exist. Fails on any other answer or a broken connection.
+    pub async fn read_all(&mut self, path: &str) -> Option<(Bytes, bool)> {
+        let mut data = Vec::new();
+        let mut offset = "-1".to_owned();
+        loop {
+            let (status, headers, body) = self
+                .send(
+                    Method::GET,
+                    &format!("{path}?offset={offset}"),
+                    &[],
+                    Bytes::new(),
+                )
+                .await
+                .expect("read after restart");
+            if status == StatusCode::NOT_FOUND {
+                return None;
+            }
+            assert_eq!(status, StatusCode::OK, "read {path}");
+            data.extend_from_slice(&body);
+            offset = headers["stream-next-offset"]
+                .to_str()
+                .expect("offset")
+                .to_owned();
+            if headers.contains_key("stream-up-to-date") {
+                return Some((Bytes::from(data), headers.contains_key("stream-closed")));
+            }
+        }
+    }
 }
