@@ -190,12 +190,15 @@ pub struct Tracked {
 impl Tracked {
     pub fn new(body: ResponseBody, in_flight: InFlight) -> Self {
         let handed_off = Arc::new(AtomicU64::new(0));
-        in_flight
-            .0
-            .bodies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::downgrade(&handed_off));
+        let mut bodies = in_flight.0.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        // A keep-alive connection serves many requests between two checks:
+        // forget finished bodies here too, so the list stays as long as the
+        // bodies in progress (amortised: only once it has grown).
+        if bodies.len() >= 32 && bodies.len().is_power_of_two() {
+            bodies.retain(|body| body.strong_count() > 0);
+        }
+        bodies.push(Arc::downgrade(&handed_off));
+        drop(bodies);
         Tracked {
             body,
             handed_off,
@@ -421,6 +424,15 @@ mod tests {
             "the body is gone"
         );
         assert!(activity.bodies.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn finished_bodies_do_not_pile_up_on_a_keep_alive_connection() {
+        let activity = Activity::new();
+        for _ in 0..10_000 {
+            drop(Tracked::new(ResponseBody::default(), activity.begin()));
+        }
+        assert!(activity.bodies.lock().unwrap().len() <= 32);
     }
 
     #[test]
