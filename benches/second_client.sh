@@ -7,8 +7,9 @@
 #   - catch-up MB/s: 4 connections reading a 1 MiB stream written in 64 KiB
 #     appends from the start (one response each: the whole stream fits one
 #     read).
-# Each loadgen line carries its own CPU and the server's; loadgen refuses to
-# report a figure it was the limit of. wrk's figure is requests/s x body size.
+# Each line carries loadgen's CPU and the server's, and wrk's own CPU (from
+# /usr/bin/time); loadgen refuses to report a figure it was the limit of.
+# wrk's catch-up figure is requests/s x 1 MiB.
 #
 #   benches/second_client.sh                        # memory mode, 5 s, 3 rounds
 #   MODE=file-durable ROUNDS=2 SECONDS_PER_RUN=10 benches/second_client.sh
@@ -49,41 +50,51 @@ LUA
 # stream was written decides how its bytes are held, and so the server's
 # cost of sending them).
 head -c 65536 /dev/zero | tr '\0' 'c' >"$work/chunk"
-curl -sf -X PUT -H 'content-type: application/octet-stream' "$url/wrk-append" >/dev/null
 curl -sf -X PUT -H 'content-type: application/octet-stream' "$url/wrk-catchup" >/dev/null
 for _ in $(seq 16); do
   curl -sf -X POST -H 'content-type: application/octet-stream' --data-binary "@$work/chunk" \
     "$url/wrk-catchup" >/dev/null
 done
 
-# requests/s from wrk's output.
-wrk_rate() { sed -n 's/^Requests\/sec: *\([0-9.]*\)/\1/p'; }
+# Runs wrk pinned to core 1 with "$@"; prints its requests/s and its own CPU
+# share (user + system over wall time) on one line.
+wrk_run() {
+  local rps
+  rps=$(/usr/bin/time -f '%U %S %e' -o "$work/wrk-time" taskset -c 1 wrk "$@" |
+    sed -n 's/^Requests\/sec: *\([0-9.]*\)/\1/p')
+  echo "$rps $(awk '{ printf "%.2f", ($1 + $2) / $3 }' "$work/wrk-time")"
+}
 
-echo "| round | workload | loadgen | wrk | wrk / loadgen | loadgen's own CPU, server CPU |"
-echo "|---|---|---|---|---|---|"
+echo "| round | workload | loadgen | wrk | wrk / loadgen | loadgen CPU, server CPU | wrk CPU |"
+echo "|---|---|---|---|---|---|---|"
 for round in $(seq "$rounds"); do
+  # A new stream per round for each client, as loadgen makes its own.
+  curl -sf -X PUT -H 'content-type: application/octet-stream' "$url/wrk-append-$round" >/dev/null
   lg=$(taskset -c 1 "$bin/loadgen" append --url "$url" --connections 16 --streams 1 \
     --bytes 1024 --seconds "$secs" --server-pid "$server_pid" --json || true)
-  wk=$(taskset -c 1 wrk -t1 -c16 -d"${secs}s" -s "$work/append.lua" "$url/wrk-append" | wrk_rate)
+  wk=$(wrk_run -t1 -c16 -d"${secs}s" -s "$work/append.lua" "$url/wrk-append-$round")
   python3 - "$round" "$lg" "$wk" <<'PY'
 import json, sys
-r, lg, wk = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
+r, lg = sys.argv[1], json.loads(sys.argv[2])
+wk, wcpu = map(float, sys.argv[3].split())
 a, c = lg.get("appends_per_sec"), lg["cpu"]
 if a is None:
-    print(f"| {r} | appends/s, 16 conns, 1 KiB | refused (tool {c['client_busy']*100:.0f}% busy) | {wk:,.0f} | | |")
+    print(f"| {r} | appends/s, 16 conns, 1 KiB | refused (tool {c['client_busy']*100:.0f}% busy) | {wk:,.0f} | | | {wcpu*100:.0f}% |")
     sys.exit(0)
-print(f"| {r} | appends/s, 16 conns, 1 KiB | {a:,.0f} | {wk:,.0f} | {wk/a:.2f} | {c['client_busy']*100:.0f}%, {c['server_cpu']*100:.0f}% |")
+print(f"| {r} | appends/s, 16 conns, 1 KiB | {a:,.0f} | {wk:,.0f} | {wk/a:.2f} | {c['client_busy']*100:.0f}%, {c['server_cpu']*100:.0f}% | {wcpu*100:.0f}% |")
 PY
   lg=$(taskset -c 1 "$bin/loadgen" catchup --url "$url" --megabytes 1 --append-bytes 65536 \
     --readers 4 --seconds "$secs" --server-pid "$server_pid" --json || true)
-  wk=$(taskset -c 1 wrk -t1 -c4 -d"${secs}s" "$url/wrk-catchup?offset=-1" | wrk_rate)
+  wk=$(wrk_run -t1 -c4 -d"${secs}s" "$url/wrk-catchup?offset=-1")
   python3 - "$round" "$lg" "$wk" <<'PY'
 import json, sys
-r, lg, wk = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]) * 1048576 / 1e6
+r, lg = sys.argv[1], json.loads(sys.argv[2])
+rps, wcpu = map(float, sys.argv[3].split())
+wk = rps * 1048576 / 1e6
 m, c = lg.get("mb_per_sec"), lg["cpu"]
 if m is None:
-    print(f"| {r} | catch-up MB/s, 4 conns, 1 MiB | refused (tool {c['client_busy']*100:.0f}% busy) | {wk:,.0f} | | |")
+    print(f"| {r} | catch-up MB/s, 4 conns, 1 MiB | refused (tool {c['client_busy']*100:.0f}% busy) | {wk:,.0f} | | | {wcpu*100:.0f}% |")
     sys.exit(0)
-print(f"| {r} | catch-up MB/s, 4 conns, 1 MiB | {m:,.0f} | {wk:,.0f} | {wk/m:.2f} | {c['client_busy']*100:.0f}%, {c['server_cpu']*100:.0f}% |")
+print(f"| {r} | catch-up MB/s, 4 conns, 1 MiB | {m:,.0f} | {wk:,.0f} | {wk/m:.2f} | {c['client_busy']*100:.0f}%, {c['server_cpu']*100:.0f}% | {wcpu*100:.0f}% |")
 PY
 done
