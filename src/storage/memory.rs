@@ -10,8 +10,8 @@ use super::{
     StorageFuture, StreamRecord, Take,
 };
 
-/// Keeps every stream in memory as the `Bytes` of its appends; reads hand out
-/// slices of them, never a concatenated copy.
+/// Keeps every stream in memory in large shared blocks; reads hand out slices
+/// of them, never a copy made per read.
 ///
 /// Cloning a `MemoryStorage` gives another handle to the same streams.
 ///
@@ -44,10 +44,13 @@ impl Default for MemoryStorage {
 #[derive(Debug)]
 struct MemStream {
     record: StreamRecord,
-    /// Start position of each append, ascending.
+    /// Start position of each append (record), ascending.
     starts: Vec<u64>,
-    /// The bytes of each append: slices of `block`s, never of request buffers.
-    chunks: Vec<Bytes>,
+    /// The stream's bytes in position order, as `(start, bytes)`: one piece
+    /// per full block, and one per append in the block being filled.
+    pieces: Vec<(u64, Bytes)>,
+    /// The first piece of the block being filled.
+    open: usize,
     /// Where the copies of appends go.
     blocks: Blocks,
     /// Total bytes held.
@@ -118,17 +121,16 @@ impl MemoryStorage {
         let stream = &mut *stream;
         let len = append.data.len();
         if len > 0 {
-            stream.starts.push(stream.record.tail);
-            stream.bytes += len;
-            // A request body may be a slice of a much larger connection buffer:
-            // keep a copy so memory held matches data stored.
-            let copy = stream.blocks.copy(&append.data);
-            stream.chunks.push(copy);
+            let at = stream.record.tail;
+            stream.keep(at, &append.data);
         }
         stream.record.apply(&append);
         Ok(())
     }
 }
+
+/// Slices shorter than this are copied together by a read.
+const GATHER_BELOW: usize = 4096;
 
 /// The smallest and the largest block a stream's appends are copied into.
 const MIN_BLOCK: usize = 1024;
@@ -145,34 +147,101 @@ struct Blocks {
 }
 
 impl Blocks {
-    /// A copy of `data` in the current block. Blocks double from `MIN_BLOCK`
-    /// up to `MAX_BLOCK`, so a small stream holds little spare room and a busy
-    /// one allocates rarely; an append larger than a block gets one of its own.
-    fn copy(&mut self, data: &[u8]) -> Bytes {
-        if self.block.capacity() < data.len() {
+    /// A copy of `data` in the current block, and whether that block is a
+    /// new one. Blocks double from `MIN_BLOCK` up to `MAX_BLOCK`, so a small
+    /// stream holds little spare room and a busy one allocates rarely; an
+    /// append larger than a block gets one of its own.
+    fn copy(&mut self, data: &[u8]) -> (Bytes, bool) {
+        let new_block = self.block.capacity() < data.len();
+        if new_block {
             self.size = (self.size * 2).clamp(MIN_BLOCK, MAX_BLOCK);
             self.block = BytesMut::with_capacity(self.size.max(data.len()));
         }
         self.block.extend_from_slice(data);
-        self.block.split().freeze()
+        (self.block.split().freeze(), new_block)
     }
 }
 
 impl MemStream {
+    /// Keeps a copy of `data` (appended at position `at`): a request body may
+    /// be a slice of a much larger connection buffer, and memory held should
+    /// match data stored.
+    fn keep(&mut self, at: u64, data: &[u8]) {
+        self.starts.push(at);
+        self.bytes += data.len();
+        let (copy, new_block) = self.blocks.copy(data);
+        if new_block {
+            self.seal();
+        }
+        self.pieces.push((at, copy));
+    }
+
+    /// Joins the pieces of the block just filled into one, so that reads
+    /// hand out a few large slices instead of one per small append (each
+    /// slice costs the HTTP stack a buffer of its own). One copy per block,
+    /// made once; the old block is freed when no reader holds a slice of it.
+    fn seal(&mut self) {
+        let open = &self.pieces[self.open..];
+        if open.len() > 1 {
+            let mut joined = BytesMut::with_capacity(open.iter().map(|(_, b)| b.len()).sum());
+            for (_, bytes) in open {
+                joined.extend_from_slice(bytes);
+            }
+            let start = open[0].0;
+            self.pieces.truncate(self.open);
+            self.pieces.push((start, joined.freeze()));
+        }
+        self.open = self.pieces.len();
+    }
+
     fn read(&self, from: u64, to: u64, max_bytes: usize, cut: Cut) -> ReadChunk {
-        let mut plan = RangePlan::new(from, to, max_bytes, cut);
+        // Where the read ends is decided by the records (appends); the bytes
+        // are then taken from the pieces, which may hold many records each.
+        let (to, max_bytes) = match cut {
+            Cut::AnyByte => (to, max_bytes),
+            _ => {
+                let mut plan = RangePlan::new(from, to, max_bytes, cut);
+                let first = self.starts.partition_point(|&start| start <= from);
+                let starts = &self.starts[first.saturating_sub(1)..];
+                for (i, &start) in starts.iter().enumerate() {
+                    let end = starts.get(i + 1).copied().unwrap_or(self.record.tail);
+                    match plan.take(start, end - start) {
+                        Take::Bytes(_) | Take::Skip => {}
+                        _ => break,
+                    }
+                    if plan.done() {
+                        break;
+                    }
+                }
+                (plan.end(), usize::MAX)
+            }
+        };
+        let mut plan = RangePlan::new(from, to, max_bytes, Cut::AnyByte);
         let mut data = Vec::new();
-        let first = self.starts.partition_point(|&start| start <= from);
-        let first = first.saturating_sub(1);
-        for (&start, bytes) in self.starts[first..].iter().zip(&self.chunks[first..]) {
-            match plan.take(start, bytes.len() as u64) {
-                Take::Bytes(range) => data.push(bytes.slice(range)),
+        let mut small = BytesMut::new();
+        let first = self.pieces.partition_point(|(start, _)| *start <= from);
+        for (start, bytes) in &self.pieces[first.saturating_sub(1)..] {
+            match plan.take(*start, bytes.len() as u64) {
+                // The appends of the block being filled are gathered into one
+                // copy: cheaper than a buffer each for the HTTP stack.
+                Take::Bytes(range) if range.len() < GATHER_BELOW => {
+                    small.extend_from_slice(&bytes[range]);
+                }
+                Take::Bytes(range) => {
+                    if !small.is_empty() {
+                        data.push(small.split().freeze());
+                    }
+                    data.push(bytes.slice(range));
+                }
                 Take::Skip => continue,
                 _ => break,
             }
             if plan.done() {
                 break;
             }
+        }
+        if !small.is_empty() {
+            data.push(small.freeze());
         }
         ReadChunk::new(data, plan.end())
     }
@@ -214,20 +283,19 @@ impl Storage for MemoryStorage {
         } else {
             let mut stream = MemStream {
                 starts: Vec::new(),
-                chunks: Vec::new(),
+                pieces: Vec::new(),
+                open: 0,
                 blocks: Blocks::default(),
-                bytes: initial.len(),
+                bytes: 0,
                 record: StreamRecord {
                     tail: record.tail,
                     ..record.clone()
                 },
             };
             if !initial.is_empty() {
-                stream.starts.push(record.tail);
+                stream.keep(record.tail, &initial);
                 record.tail += initial.len() as u64;
                 stream.record.tail = record.tail;
-                let copy = stream.blocks.copy(&initial);
-                stream.chunks.push(copy);
             }
             streams.insert(key.to_owned(), Arc::new(RwLock::new(stream)));
             CreateOutcome::Created
@@ -289,11 +357,50 @@ mod tests {
         full: MemoryStorage::new().with_max_bytes(100),
     );
 
+    #[tokio::test]
+    async fn small_appends_are_read_back_in_few_slices() {
+        let store = MemoryStorage::new();
+        let record = StreamRecord::new(
+            crate::storage::StreamConfig::new(1, "application/json", crate::storage::Expiry::Never),
+            0,
+        );
+        store.create("/s", record, Bytes::new()).await.unwrap();
+        let mut expected = Vec::new();
+        for i in 0..4096u32 {
+            let data = Bytes::from(format!("{i:099},"));
+            let at = expected.len() as u64;
+            expected.extend_from_slice(&data);
+            store.append("/s", Append::new(1, at, data)).await.unwrap();
+        }
+        let all = store
+            .read("/s", 0, u64::MAX, usize::MAX, Cut::AnyByte)
+            .await
+            .unwrap();
+        assert_eq!(all.data.concat(), expected);
+        assert!(
+            all.data.len() < 16,
+            "{} slices for 4,096 appends",
+            all.data.len()
+        );
+        // Record cuts still fall between appends, wherever the blocks end.
+        for (from, end) in [(0, 200), (1, 200), (150, 400), (250_000, 250_200)] {
+            let part = store
+                .read("/s", from, u64::MAX, 250, Cut::RecordBoundary)
+                .await
+                .unwrap();
+            assert_eq!(part.end, end, "from {from}");
+            assert_eq!(
+                part.data.concat(),
+                &expected[from as usize..part.end as usize]
+            );
+        }
+    }
+
     #[test]
     fn appends_share_growing_blocks_and_keep_their_bytes() {
         let mut blocks = Blocks::default();
         let pieces: Vec<Bytes> = (0..30_000u32)
-            .map(|i| blocks.copy(format!("append {i};").as_bytes()))
+            .map(|i| blocks.copy(format!("append {i};").as_bytes()).0)
             .collect();
         for (i, piece) in pieces.iter().enumerate() {
             assert_eq!(&piece[..], format!("append {i};").as_bytes());
@@ -301,7 +408,7 @@ mod tests {
         assert_eq!(blocks.size, MAX_BLOCK, "blocks doubled up to the cap");
         let big = vec![7u8; 3 * MAX_BLOCK];
         assert_eq!(
-            &blocks.copy(&big)[..],
+            &blocks.copy(&big).0[..],
             &big[..],
             "a large append fits whole"
         );

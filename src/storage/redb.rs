@@ -565,7 +565,9 @@ fn read_range(
     cut: Cut,
 ) -> Result<ReadChunk, StorageError> {
     let mut plan = RangePlan::new(from, to, max_bytes, cut);
-    let mut data = Vec::new();
+    // Values are copied out of the database anyway: into one buffer, so the
+    // read is one large `Bytes` rather than one per append.
+    let mut data = BytesMut::new();
     let txn = db.begin_read().map_err(backend)?;
     let table = match txn.open_table(DATA) {
         Ok(table) => table,
@@ -585,7 +587,7 @@ fn read_range(
         let (key, value) = entry.map_err(backend)?;
         let bytes = value.value();
         match plan.take(key.value().1, bytes.len() as u64) {
-            Take::Bytes(range) => data.push(Bytes::copy_from_slice(&bytes[range])),
+            Take::Bytes(range) => data.extend_from_slice(&bytes[range]),
             Take::Skip => continue,
             _ => break,
         }
@@ -593,6 +595,11 @@ fn read_range(
             break;
         }
     }
+    let data = if data.is_empty() {
+        Vec::new()
+    } else {
+        vec![data.freeze()]
+    };
     Ok(ReadChunk::new(data, plan.end()))
 }
 

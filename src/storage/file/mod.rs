@@ -470,6 +470,50 @@ mod tests {
         reopen: reopen(Durability::Fsync),
     );
 
+    #[tokio::test]
+    async fn small_records_are_read_back_in_few_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStorage::open(dir.path(), Durability::Buffered).unwrap();
+        for (id, key) in [(1, "/a"), (2, "/b")] {
+            let config =
+                crate::storage::StreamConfig::new(id, "text/plain", crate::storage::Expiry::Never);
+            let record = StreamRecord::new(config, 0);
+            store.create(key, record, Bytes::new()).await.unwrap();
+        }
+        // Two streams' records interleaved in the log, so that each read
+        // squeezes out record headers and the other stream's records.
+        let mut expected = Vec::new();
+        for i in 0..2000u32 {
+            let data = Bytes::from(format!("{i:0100}"));
+            let at = expected.len() as u64;
+            expected.extend_from_slice(&data);
+            let other = Append::new(2, at, data.clone());
+            let (a, b) = tokio::join!(
+                store.append("/a", Append::new(1, at, data)),
+                store.append("/b", other)
+            );
+            (a.unwrap(), b.unwrap());
+        }
+        let all = store
+            .read("/a", 0, u64::MAX, usize::MAX, Cut::AnyByte)
+            .await
+            .unwrap();
+        assert_eq!(all.data.concat(), expected);
+        assert!(
+            all.data.len() < 8,
+            "{} buffers for 2,000 records",
+            all.data.len()
+        );
+        let part = store
+            .read("/b", 150, u64::MAX, 1000, Cut::AnyByte)
+            .await
+            .unwrap();
+        assert_eq!(
+            (part.end, part.data.concat()),
+            (1150, expected[150..1150].to_vec())
+        );
+    }
+
     mod buffered {
         use super::*;
         crate::storage_testkit!(

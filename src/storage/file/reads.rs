@@ -63,9 +63,11 @@ impl FileStorage {
     }
 
     /// Reads the planned slices, coalescing neighbours in one segment into one
-    /// `pread` and handing out slices of it.
+    /// `pread`, and hands out each such span as one `Bytes` with the record
+    /// headers and foreign records between the slices squeezed out: a catch-up
+    /// of many small records is a few large buffers, not one per record.
     pub(super) fn fetch(&self, slices: &[Slice], end: u64) -> Result<ReadChunk, StorageError> {
-        let mut data = Vec::with_capacity(slices.len());
+        let mut data = Vec::new();
         let mut i = 0;
         while i < slices.len() {
             let first = &slices[i];
@@ -79,14 +81,18 @@ impl FileStorage {
                 span_end = slices[j].offset + slices[j].len as u64;
                 j += 1;
             }
-            let file = &first.file;
             let mut buf = vec![0u8; (span_end - first.offset) as usize];
-            file.read_exact_at(&mut buf, first.offset)?;
-            let buf = Bytes::from(buf);
+            first.file.read_exact_at(&mut buf, first.offset)?;
+            let mut packed = 0;
             for slice in &slices[i..j] {
                 let start = (slice.offset - first.offset) as usize;
-                data.push(buf.slice(start..start + slice.len));
+                if start != packed {
+                    buf.copy_within(start..start + slice.len, packed);
+                }
+                packed += slice.len;
             }
+            buf.truncate(packed);
+            data.push(Bytes::from(buf));
             i = j;
         }
         Ok(ReadChunk::new(data, end))

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use time::OffsetDateTime;
 use tokio_postgres::{NoTls, Row};
@@ -586,7 +586,8 @@ async fn read_rows(
     cut: Cut,
 ) -> Result<ReadChunk, StorageError> {
     let mut plan = RangePlan::new(from, to, max_bytes, cut);
-    let mut data = Vec::new();
+    // Rows are copied out anyway: into one buffer, one `Bytes` per read.
+    let mut data = BytesMut::new();
     if from >= to {
         return Ok(ReadChunk::empty(from));
     }
@@ -619,6 +620,7 @@ async fn read_rows(
             let bytes: &[u8] = row.get(1);
             let last: bool = row.get(2);
             cursor = position + bytes.len() as u64;
+            let whole;
             let (start, piece) = if whole_records {
                 let (start, mut buf) = record.take().unwrap_or((position, Vec::new()));
                 buf.extend_from_slice(bytes);
@@ -626,12 +628,13 @@ async fn read_rows(
                     record = Some((start, buf));
                     continue;
                 }
-                (start, Bytes::from(buf))
+                whole = buf;
+                (start, &whole[..])
             } else {
-                (position, Bytes::copy_from_slice(bytes))
+                (position, bytes)
             };
             match plan.take(start, piece.len() as u64) {
-                Take::Bytes(range) => data.push(piece.slice(range)),
+                Take::Bytes(range) => data.extend_from_slice(&piece[range]),
                 Take::Skip => {}
                 _ => break 'rows,
             }
@@ -640,6 +643,11 @@ async fn read_rows(
             }
         }
     }
+    let data = if data.is_empty() {
+        Vec::new()
+    } else {
+        vec![data.freeze()]
+    };
     Ok(ReadChunk::new(data, plan.end()))
 }
 
