@@ -17,6 +17,17 @@ fn service_over(storage: impl Storage) -> DurableStreamsService {
         .sse_reconnect_interval(Duration::from_secs(60))
         .max_append_bytes(1024)
         .max_read_bytes(16)
+        .max_response_bytes(16)
+        .build()
+        .expect("valid settings")
+}
+
+/// Like `service_over`, but a catch-up answer may be far longer than one
+/// storage read (16 bytes), so it is streamed read by read.
+fn streaming_service_over(storage: impl Storage) -> DurableStreamsService {
+    DurableStreamsService::builder()
+        .storage(storage)
+        .max_read_bytes(16)
         .build()
         .expect("valid settings")
 }
@@ -65,6 +76,12 @@ macro_rules! protocol_tests {
                 long_poll_wakes_on_append,
                 closed_stream_dedups_only_the_closing_request
             );
+
+            #[tokio::test]
+            async fn long_answers_stream_read_by_read() {
+                super::cases::long_answers_stream_read_by_read(streaming_service_over($make))
+                    .await;
+            }
         }
     };
     (@cases $make:expr; $($case:ident),*) => {
@@ -329,6 +346,83 @@ mod cases {
             serde_json::json!(["aaaaaaaaaaaaaaaaaaaaaaaa", "b"])
         );
         assert!(read.header("stream-up-to-date").is_none());
+    }
+
+    pub async fn long_answers_stream_read_by_read(svc: DurableStreamsService) {
+        use http_body::Body as _;
+        use http_body_util::BodyExt as _;
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let at_40 = put(&svc, "/b", "application/octet-stream", &bytes[..40])
+            .await
+            .next_offset();
+        for piece in bytes[40..].chunks(7) {
+            post(&svc, "/b", "application/octet-stream", piece).await;
+        }
+        // One answer of 1,000 bytes, read 16 bytes at a time behind it.
+        let response = open(&svc, "/b").await;
+        assert_eq!(response.body().size_hint().exact(), Some(1000));
+        let whole = get(&svc, "/b").await;
+        assert_eq!(whole.body, bytes);
+        assert_eq!(whole.header("stream-up-to-date"), Some("true"));
+        assert_eq!(
+            whole.next_offset(),
+            get(&svc, "/b?offset=now").await.next_offset()
+        );
+        let etag = whole.header("etag").expect("etag").to_owned();
+        let again = send(&svc, Method::GET, "/b", &[("if-none-match", &etag)], b"").await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+        let from_middle = get(&svc, &format!("/b?offset={at_40}")).await;
+        assert_eq!(from_middle.body, bytes[40..]);
+
+        // A JSON answer is one array, whatever the reads in between cut.
+        put(
+            &svc,
+            "/j",
+            "application/json",
+            br#"["aaaaaaaaaaaaaaaaaaaaaaaa","b"]"#,
+        )
+        .await;
+        let mut expected = vec![
+            serde_json::json!("aaaaaaaaaaaaaaaaaaaaaaaa"),
+            serde_json::json!("b"),
+        ];
+        for i in 0..50 {
+            post(
+                &svc,
+                "/j",
+                "application/json",
+                format!("{{\"n\":{i}}}").as_bytes(),
+            )
+            .await;
+            expected.push(serde_json::json!({ "n": i }));
+        }
+        let json = get(&svc, "/j").await;
+        assert_eq!(json.json(), serde_json::Value::Array(expected));
+        assert_eq!(json.header("stream-up-to-date"), Some("true"));
+        assert_eq!(json.body.len() as u64, {
+            let response = open(&svc, "/j").await;
+            response.body().size_hint().exact().expect("exact length")
+        });
+
+        // A stream deleted while its answer is read cuts the answer short.
+        let mut response = open(&svc, "/b").await;
+        let first = response
+            .body_mut()
+            .frame()
+            .await
+            .expect("a frame")
+            .expect("data");
+        assert_eq!(first.into_data().expect("data").len(), 16);
+        assert_eq!(
+            send(&svc, Method::DELETE, "/b", &[], b"").await.status,
+            StatusCode::NO_CONTENT
+        );
+        put(&svc, "/b", "application/octet-stream", &[0u8; 2000]).await;
+        let rest = response.into_body().collect().await;
+        assert!(
+            rest.is_err(),
+            "the answer of a deleted stream ended cleanly"
+        );
     }
 
     pub async fn etags_and_not_modified(svc: DurableStreamsService) {

@@ -164,6 +164,9 @@ pub(crate) struct ReadResult {
     pub start: u64,
     /// Position after the last returned byte.
     pub end: u64,
+    /// Position the whole answer reaches: `end`, or further for a catch-up
+    /// whose rest is read with [`Engine::read_more`] as the body drains.
+    pub stop: u64,
     /// The tail when the read was made.
     pub tail: u64,
     /// Whether the stream was closed when the read was made.
@@ -173,9 +176,9 @@ pub(crate) struct ReadResult {
 }
 
 impl ReadResult {
-    /// Whether this read reached the tail.
+    /// Whether this read (with its rest) reaches the tail.
     pub fn up_to_date(&self) -> bool {
-        self.end >= self.tail
+        self.stop >= self.tail
     }
 }
 
@@ -191,8 +194,10 @@ pub(crate) enum Deleted {
 /// The engine's settings.
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
-    /// The most bytes one read returns.
+    /// The most bytes one storage read returns (one step of an answer).
     pub max_read_bytes: usize,
+    /// The most stream bytes one catch-up answer carries.
+    pub max_response_bytes: u64,
     /// The longest a stream may grow.
     pub max_stream_bytes: u64,
     /// How often expired streams nobody touches are removed.
@@ -203,6 +208,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_read_bytes: 1024 * 1024,
+            max_response_bytes: 64 * 1024 * 1024,
             max_stream_bytes: u64::MAX,
             sweep_interval: Duration::from_secs(1),
         }
@@ -253,6 +259,7 @@ impl Engine {
                 sweeper: Sweeper::new(weak.clone(), limits.sweep_interval, shutdown.child_token()),
                 limits: Limits {
                     max_read_bytes: limits.max_read_bytes.max(1),
+                    max_response_bytes: limits.max_response_bytes.max(1),
                     ..limits
                 },
             }

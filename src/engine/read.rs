@@ -22,8 +22,29 @@ pub(crate) struct Recent {
 }
 
 impl Engine {
-    /// Reads from `from` (`GET`), renewing the stream's TTL.
+    /// Reads from `from`, renewing the stream's TTL: at most `max_read_bytes`.
     pub(crate) async fn read(&self, key: &Key, from: ReadFrom) -> Result<ReadResult, StreamError> {
+        self.read_from(key, from, false).await
+    }
+
+    /// A catch-up read (`GET` without `live`), renewing the stream's TTL: the
+    /// answer covers everything up to the tail (at most `max_response_bytes`).
+    /// The result holds the first `max_read_bytes`; [`Engine::read_more`]
+    /// reads the rest, up to `stop`, as the response body drains.
+    pub(crate) async fn catch_up(
+        &self,
+        key: &Key,
+        from: ReadFrom,
+    ) -> Result<ReadResult, StreamError> {
+        self.read_from(key, from, true).await
+    }
+
+    async fn read_from(
+        &self,
+        key: &Key,
+        from: ReadFrom,
+        whole: bool,
+    ) -> Result<ReadResult, StreamError> {
         self.ready().await?;
         let (handle, view) = self.live_view(key, true).await?;
         let config = view.config.clone().ok_or(StreamError::NotFound)?;
@@ -36,7 +57,11 @@ impl Engine {
             ReadFrom::Now => view.tail,
             ReadFrom::At(offset) => offset.position(),
         };
-        self.read_at(key, &config, start, &view).await
+        if whole {
+            self.read_whole(key, &config, start, &view).await
+        } else {
+            self.read_at(key, &config, start, &view).await
+        }
     }
 
     /// Reads the bytes at `start` given a view obtained earlier (live reads).
@@ -69,10 +94,86 @@ impl Engine {
             config: config.clone(),
             start,
             end: chunk.end,
+            stop: chunk.end,
             tail: view.tail,
             closed: view.closed,
             data: chunk.data,
         })
+    }
+
+    /// Like [`Engine::read_at`], but the answer reaches the tail, or
+    /// `max_response_bytes` past `start` (a byte stream), or only the first
+    /// `max_read_bytes` (a JSON stream, which must end between records).
+    async fn read_whole(
+        &self,
+        key: &Key,
+        config: &Arc<StreamConfig>,
+        start: u64,
+        view: &View,
+    ) -> Result<ReadResult, StreamError> {
+        if start > view.tail {
+            return Err(StreamError::invalid("offset is beyond the stream's tail"));
+        }
+        let max = self.limits.max_response_bytes;
+        let stop = if view.tail - start <= max {
+            view.tail
+        } else if is_json(&config.content_type) {
+            return self.read_at(key, config, start, view).await;
+        } else {
+            start + max
+        };
+        // The tail and `start + max` of a byte stream are both places an
+        // answer may end, so the pieces in between can be cut anywhere.
+        let step = self.limits.max_read_bytes;
+        let chunk = self
+            .read_stitched(key, config, start, stop, step, Cut::AnyByte)
+            .await?;
+        Ok(ReadResult {
+            config: config.clone(),
+            start,
+            end: chunk.end,
+            stop,
+            tail: view.tail,
+            closed: view.closed,
+            data: chunk.data,
+        })
+    }
+
+    /// The next bytes of a catch-up answer: from `from` towards `stop`, at
+    /// most `max_read_bytes`. Fails with `NotFound` if the stream was deleted
+    /// (or replaced by a new one of the same name) since the answer began.
+    pub(crate) async fn read_more(
+        &self,
+        key: &Key,
+        config: &Arc<StreamConfig>,
+        from: u64,
+        stop: u64,
+    ) -> Result<ReadChunk, StreamError> {
+        let same = || {
+            self.registry.existing(key).is_some_and(|handle| {
+                let view = handle.view.borrow();
+                view.config.as_ref().is_some_and(|c| c.id == config.id)
+            })
+        };
+        if !same() {
+            return Err(StreamError::NotFound);
+        }
+        let chunk = self
+            .read_stitched(
+                key,
+                config,
+                from,
+                stop,
+                self.limits.max_read_bytes,
+                Cut::AnyByte,
+            )
+            .await?;
+        // Stream ids are never reused: if the name still holds the same
+        // stream after the read, the read saw that stream's bytes.
+        if !same() {
+            return Err(StreamError::NotFound);
+        }
+        Ok(chunk)
     }
 
     /// Reads the bytes at `start` for a live reader woken by `view`: the

@@ -48,7 +48,11 @@ enum Kind {
     },
     // `SyncWrapper` makes the body `Sync` (only `&mut` access ever reaches the
     // stream), so hosts can box it into `http_body_util::combinators::BoxBody`.
-    Stream(SyncWrapper<BoxStream>),
+    Stream {
+        stream: SyncWrapper<BoxStream>,
+        /// Bytes still to come, as far as known.
+        hint: SizeHint,
+    },
     /// Any other body (a fallback service's), with its own size hint.
     Boxed {
         body: SyncWrapper<UnsyncBoxBody<Bytes, BoxError>>,
@@ -98,8 +102,21 @@ impl ResponseBody {
     where
         S: Stream<Item = Result<Bytes, BoxError>> + Send + 'static,
     {
+        Self::stream_with_hint(stream, SizeHint::default())
+    }
+
+    /// A body streamed from `stream`, which yields what `hint` says (an
+    /// exact hint becomes `Content-Length`; a stream that ends early then
+    /// aborts the response).
+    pub(crate) fn stream_with_hint<S>(stream: S, hint: SizeHint) -> Self
+    where
+        S: Stream<Item = Result<Bytes, BoxError>> + Send + 'static,
+    {
         ResponseBody {
-            kind: Kind::Stream(SyncWrapper::new(Box::pin(stream))),
+            kind: Kind::Stream {
+                stream: SyncWrapper::new(Box::pin(stream)),
+                hint,
+            },
         }
     }
 }
@@ -121,7 +138,7 @@ impl fmt::Debug for ResponseBody {
         let kind = match &self.kind {
             Kind::Empty => "empty",
             Kind::Chunks { .. } => "chunks",
-            Kind::Stream(_) => "stream",
+            Kind::Stream { .. } => "stream",
             Kind::Boxed { .. } => "boxed",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()
@@ -142,11 +159,19 @@ impl http_body::Body for ResponseBody {
                 *remaining -= c.len() as u64;
                 Ok(Frame::data(c))
             })),
-            Kind::Stream(stream) => stream
-                .get_mut()
-                .as_mut()
-                .poll_next(cx)
-                .map(|item| item.map(|r| r.map(Frame::data))),
+            Kind::Stream { stream, hint } => {
+                let polled = stream.get_mut().as_mut().poll_next(cx);
+                if let Poll::Ready(Some(Ok(bytes))) = &polled {
+                    let len = bytes.len() as u64;
+                    let mut left = SizeHint::new();
+                    left.set_lower(hint.lower().saturating_sub(len));
+                    if let Some(upper) = hint.upper() {
+                        left.set_upper(upper.saturating_sub(len).max(left.lower()));
+                    }
+                    *hint = left;
+                }
+                polled.map(|item| item.map(|r| r.map(Frame::data)))
+            }
             Kind::Boxed { body, hint, end } => {
                 let body = body.get_mut();
                 let polled = Pin::new(&mut *body).poll_frame(cx);
@@ -160,7 +185,7 @@ impl http_body::Body for ResponseBody {
         match &self.kind {
             Kind::Empty => true,
             Kind::Chunks { chunks, .. } => chunks.is_empty(),
-            Kind::Stream(_) => false,
+            Kind::Stream { .. } => false,
             Kind::Boxed { end, .. } => *end,
         }
     }
@@ -169,7 +194,7 @@ impl http_body::Body for ResponseBody {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Chunks { remaining, .. } => SizeHint::with_exact(*remaining),
-            Kind::Stream(_) => SizeHint::default(),
+            Kind::Stream { hint, .. } => *hint,
             Kind::Boxed { hint, .. } => *hint,
         }
     }

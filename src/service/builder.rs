@@ -87,6 +87,7 @@ pub struct Builder {
     cursor_interval: Duration,
     max_append_bytes: usize,
     max_read_bytes: usize,
+    max_response_bytes: u64,
     cache_policy: CachePolicy,
     expiry_sweep_interval: Duration,
     max_stream_bytes: Option<u64>,
@@ -112,6 +113,7 @@ impl Default for Builder {
             cursor_interval: Duration::from_secs(20),
             max_append_bytes: 64 * 1024 * 1024,
             max_read_bytes: 1024 * 1024,
+            max_response_bytes: 64 * 1024 * 1024,
             cache_policy: CachePolicy::Public,
             expiry_sweep_interval: Duration::from_secs(1),
             max_stream_bytes: None,
@@ -136,6 +138,7 @@ impl fmt::Debug for Builder {
             .field("sse_reconnect_interval", &self.sse_reconnect_interval)
             .field("max_append_bytes", &self.max_append_bytes)
             .field("max_read_bytes", &self.max_read_bytes)
+            .field("max_response_bytes", &self.max_response_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -219,10 +222,39 @@ impl Builder {
         self
     }
 
-    /// The most stream bytes one read response carries; a longer range is served
-    /// over several requests. Defaults to 1 MiB.
+    /// The most stream bytes read from storage at a time, and the most one
+    /// long-poll answer, SSE event or JSON page carries. Defaults to 1 MiB.
+    ///
+    /// A catch-up answer longer than this is streamed: one read of this size
+    /// after another as the client takes the bytes (see
+    /// [`max_response_bytes`](Self::max_response_bytes)), so this also bounds
+    /// the memory one reader holds.
     pub fn max_read_bytes(mut self, bytes: usize) -> Self {
         self.max_read_bytes = bytes;
+        self
+    }
+
+    /// The most stream bytes one catch-up answer (`GET` without `live`)
+    /// carries; a longer range is served over several requests, each naming
+    /// the next in `Stream-Next-Offset`. Defaults to 64 MiB.
+    ///
+    /// The answer is produced as the socket drains, so a large value costs
+    /// memory only as [`max_read_bytes`](Self::max_read_bytes) does. A JSON
+    /// stream's answer must end between records: when the range to the tail
+    /// is longer than this, it carries `max_read_bytes` instead.
+    ///
+    /// ```
+    /// use tower_durable_streams::{DurableStreamsService, MemoryStorage};
+    ///
+    /// let service = DurableStreamsService::builder()
+    ///     .storage(MemoryStorage::new())
+    ///     .max_response_bytes(256 * 1024 * 1024)
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = service;
+    /// ```
+    pub fn max_response_bytes(mut self, bytes: u64) -> Self {
+        self.max_response_bytes = bytes;
         self
     }
 
@@ -327,6 +359,10 @@ impl Builder {
         for (name, value) in [
             ("max_append_bytes", self.max_append_bytes),
             ("max_read_bytes", self.max_read_bytes),
+            (
+                "max_response_bytes",
+                self.max_response_bytes.min(usize::MAX as u64) as usize,
+            ),
             ("max_live_readers", self.max_live_readers),
             ("max_inflight_writes", self.max_inflight_writes),
             (
@@ -355,6 +391,7 @@ impl Builder {
         let shutdown = self.shutdown.unwrap_or_default();
         let limits = Limits {
             max_read_bytes: self.max_read_bytes,
+            max_response_bytes: self.max_response_bytes,
             max_stream_bytes: self.max_stream_bytes.unwrap_or(u64::MAX),
             sweep_interval: self.expiry_sweep_interval,
         };

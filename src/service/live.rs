@@ -43,7 +43,10 @@ pub(crate) async fn long_poll(
     let (mut rx, first) = start(&inner, &key, from).await?;
     let cursor = inner.cursor.cursor(cursor.as_deref()).to_string();
     if first.end > first.start {
-        return Ok(with_cursor(catch_up_response(&inner, first, None), &cursor));
+        return Ok(with_cursor(
+            catch_up_response(&inner, &key, first, None),
+            &cursor,
+        ));
     }
     let (config, position) = (first.config.clone(), first.start);
     if first.closed {
@@ -70,7 +73,10 @@ pub(crate) async fn long_poll(
                         .engine
                         .read_live(&key, &config, position, &view)
                         .await?;
-                    return Ok(with_cursor(catch_up_response(&inner, read, None), &cursor));
+                    return Ok(with_cursor(
+                        catch_up_response(&inner, &key, read, None),
+                        &cursor,
+                    ));
                 }
                 if view.closed {
                     return Ok(no_content(view.tail, true, None));

@@ -212,13 +212,14 @@ pub(super) async fn read(
     match query.live.as_deref() {
         None => {
             let from = from.unwrap_or(ReadFrom::Start);
-            let result = inner.engine.read(&key, from).await?;
+            let result = inner.engine.catch_up(&key, from).await?;
             let if_none_match = parts
                 .headers
                 .get(IF_NONE_MATCH)
                 .and_then(|v| v.to_str().ok());
             let mut response = catch_up_response(
                 &inner,
+                &key,
                 result,
                 if_none_match.filter(|_| from != ReadFrom::Now),
             );
