@@ -57,12 +57,22 @@ if len(files) > 1:
     lo, hi = fmt.format(runs[0][key]), fmt.format(runs[-1][key])
     spread = f"; median of {len(files)} rounds ({lo} to {hi}"
     spread += f", {failed} failed)" if failed else ")"
+cpu = r.get("cpu") or {}
+cpu_note = ""
+if cpu:
+    cpu_note = f"; load tool CPU {cpu['client_busy']*100:.0f}%"
+    if cpu.get("server_cpu") is not None:
+        cpu_note += f", server CPU {cpu['server_cpu']*100:.0f}%"
+        if w == "catchup" and cpu["server_cpu"] > 0:
+            cpu_note += f" ({r['mb_per_sec']/cpu['server_cpu']:.0f} MB per server CPU-second)"
+    if cpu.get("refused"):
+        cpu_note += " (REFUSED: the load tool was the limit)"
 if w == "append":
     errors = sum(x["errors"] for x in runs)
-    print(f"| {server} | {workload} | {r['appends_per_sec']:.0f} appends/s | {r['p50_us']/1000:.2f} ms | {r['p99_us']/1000:.2f} ms | errors {errors}{spread} |")
+    print(f"| {server} | {workload} | {r['appends_per_sec']:.0f} appends/s | {r['p50_us']/1000:.2f} ms | {r['p99_us']/1000:.2f} ms | errors {errors}{cpu_note}{spread} |")
 elif w == "catchup":
     errors = sum(x["errors"] for x in runs)
-    print(f"| {server} | {workload} | {r['mb_per_sec']:.0f} MB/s | {r['read_p50_ms']:.1f} ms | {r['read_p99_ms']:.1f} ms | errors {errors}{spread} |")
+    print(f"| {server} | {workload} | {r['mb_per_sec']:.0f} MB/s | {r['read_p50_ms']:.1f} ms | {r['read_p99_ms']:.1f} ms | errors {errors}{cpu_note}{spread} |")
 elif w == "fanout":
     bad = [x for x in runs if not x["every_message_delivered_once_in_order"]]
     ok = "all delivered once, in order" if not bad else "; ".join(
@@ -85,13 +95,13 @@ for round in $(seq "$rounds"); do
   for server in $servers; do
     need "$server"
     for workload in $workloads; do
-      if [ "$server" = bare-hyper ] && [[ "$workload" != append* && "$workload" != fanout-sse ]]; then continue; fi
+      if [ "$server" = bare-hyper ] && [[ "$workload" != append* && "$workload" != catchup* && "$workload" != fanout-sse ]]; then continue; fi
       start "$server"
       case "$workload" in
         append16) out=$(load append --connections 16 --streams 1 --bytes 1024 --seconds "$secs") ;;
         append64) out=$(load append --connections 64 --streams 64 --bytes 1024 --seconds "$secs") ;;
-        catchup64k) out=$(load catchup --megabytes 64 --append-bytes 65536 --readers 4 --seconds "$secs") ;;
-        catchup1k) out=$(load catchup --megabytes 64 --append-bytes 1024 --readers 4 --seconds "$secs") ;;
+        catchup64k) out=$(load catchup --megabytes 64 --append-bytes 65536 --readers 4 --seconds "$secs" --server-pid "$pid") ;;
+        catchup1k) out=$(load catchup --megabytes 16 --append-bytes 1024 --readers 4 --seconds "$secs" --server-pid "$pid") ;;
         fanout-sse) out=$(load fanout --subscribers 1000 --rate 20 --seconds "$secs" --mode sse --server-pid "$pid") ;;
         fanout-long-poll) out=$(load fanout --subscribers 1000 --rate 20 --seconds "$secs" --mode long-poll --server-pid "$pid") ;;
         streams) out=$(load streams --count 100000 --connections 16 --server-pid "$pid") ;;
@@ -107,7 +117,7 @@ echo "| server | workload | result | p50 | p99 | notes |"
 echo "|---|---|---|---|---|---|"
 for server in $servers; do
   for workload in $workloads; do
-    if [ "$server" = bare-hyper ] && [[ "$workload" != append* && "$workload" != fanout-sse ]]; then continue; fi
+    if [ "$server" = bare-hyper ] && [[ "$workload" != append* && "$workload" != catchup* && "$workload" != fanout-sse ]]; then continue; fi
     row "$server" "$workload" "$results/$server.$workload".*
   done
 done

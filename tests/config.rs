@@ -127,6 +127,21 @@ fn errors_name_the_key_and_its_source() {
         "{err}"
     );
 
+    for (variable, key) in [
+        ("DS_SERVER__SEND_BUFFER_BYTES", "server.send_buffer_bytes"),
+        ("DS_LIMITS__MAX_RESPONSE_BYTES", "limits.max_response_bytes"),
+        ("DS_LIMITS__MAX_READ_BYTES", "limits.max_read_bytes"),
+    ] {
+        let value = if key.starts_with("server") {
+            "4294967295"
+        } else {
+            "0"
+        };
+        let (ok, _, err) = print_config(dir.path(), &[], &[(variable, value)]);
+        assert!(!ok, "{variable}={value} was accepted");
+        assert!(err.contains(key), "{err}");
+    }
+
     let (ok, _, err) = print_config(dir.path(), &[], &[("DS_TLS__CERT_PATH", "/tmp/cert.pem")]);
     assert!(!ok);
     assert!(

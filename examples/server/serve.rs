@@ -11,7 +11,7 @@ use axum::Router;
 use http::{HeaderValue, Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -140,6 +140,8 @@ fn open(
             .long_poll_timeout(config.long_poll_timeout())
             .sse_reconnect_interval(config.sse_reconnect_interval())
             .max_append_bytes(config.limits.max_append_bytes)
+            .max_read_bytes(config.limits.max_read_bytes)
+            .max_response_bytes(config.limits.max_response_bytes)
             .max_live_readers(config.limits.max_live_readers)
             .max_inflight_writes(config.limits.max_inflight_writes)
             .max_buffered_body_bytes(config.limits.max_buffered_body_bytes)
@@ -170,6 +172,23 @@ fn open(
     });
 }
 
+/// Listens on `address`. Accepted connections inherit the listener's send
+/// buffer size: a fixed buffer of about the CPU cache's size (rather than the
+/// kernel's autotuned one, which grows to megabytes) keeps the bytes of a
+/// catch-up read in cache between our copy and the kernel's.
+fn listen(address: SocketAddr, send_buffer: u64) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    if send_buffer > 0 {
+        socket.set_send_buffer_size(send_buffer as u32)?;
+    }
+    socket.bind(address)?;
+    socket.listen(1024)
+}
+
 pub async fn serve(config: Config) {
     let tls = tls::acceptor(&config.tls).unwrap_or_else(|e| fail(e, 2));
     #[cfg(not(feature = "metrics"))]
@@ -180,7 +199,7 @@ pub async fn serve(config: Config) {
     }
     let cors = cors(&config).unwrap_or_else(|e| fail(e, 2));
     let address = SocketAddr::new(config.server.host, config.server.port);
-    let listener = TcpListener::bind(address).await.unwrap_or_else(|e| {
+    let listener = listen(address, config.server.send_buffer_bytes).unwrap_or_else(|e| {
         fail(
             format!("cannot listen on {address} (server.host/server.port): {e}"),
             1,
@@ -232,7 +251,11 @@ pub async fn serve(config: Config) {
         })
     };
 
-    let server = auto::Builder::new(TokioExecutor::new());
+    let mut server = auto::Builder::new(TokioExecutor::new());
+    // Response bodies go out as queued buffers in one writev, never copied
+    // into hyper's own buffer (hyper picks this for sockets that support
+    // vectored writes; said here so a wrapper that hides it cannot undo it).
+    server.http1().writev(true);
     let timeouts = config.timeouts();
     let handshake_timeout = Duration::from_millis(config.server.tls_handshake_timeout_ms);
     // One permit per open connection: at the cap, new connections wait in the
