@@ -567,7 +567,8 @@ fn read_range(
     let mut plan = RangePlan::new(from, to, max_bytes, cut);
     // Values are copied out of the database anyway: into one buffer, so the
     // read is one large `Bytes` rather than one per append.
-    let mut data = BytesMut::new();
+    let expected = to.saturating_sub(from).min(max_bytes as u64).min(8 << 20);
+    let mut data = BytesMut::with_capacity(expected as usize);
     let txn = db.begin_read().map_err(backend)?;
     let table = match txn.open_table(DATA) {
         Ok(table) => table,

@@ -2,7 +2,7 @@
 //! neighbours coalesced.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -81,8 +81,11 @@ impl FileStorage {
                 span_end = slices[j].offset + slices[j].len as u64;
                 j += 1;
             }
-            let mut buf = vec![0u8; (span_end - first.offset) as usize];
-            first.file.read_exact_at(&mut buf, first.offset)?;
+            let mut buf = read_span(
+                &first.file,
+                first.offset,
+                (span_end - first.offset) as usize,
+            )?;
             let mut packed = 0;
             for slice in &slices[i..j] {
                 let start = (slice.offset - first.offset) as usize;
@@ -97,4 +100,49 @@ impl FileStorage {
         }
         Ok(ReadChunk::new(data, end))
     }
+}
+
+/// Whether the bytes of `slices` are in the page cache, so that reading them
+/// now would not wait for the disk: `RWF_NOWAIT` probes of the first and last
+/// byte in each segment (the log is written in order, so a range cached at
+/// both ends almost always is in between).
+pub(super) fn cached(slices: &[Slice]) -> bool {
+    let probe = |file: &File, at: u64| {
+        let mut byte = [0u8; 1];
+        let mut bufs = [io::IoSliceMut::new(&mut byte)];
+        rustix::io::preadv2(file, &mut bufs, at, rustix::io::ReadWriteFlags::NOWAIT)
+            .is_ok_and(|n| n == 1)
+    };
+    let mut i = 0;
+    while i < slices.len() {
+        let first = &slices[i];
+        let mut j = i;
+        while j + 1 < slices.len() && slices[j + 1].segment == first.segment {
+            j += 1;
+        }
+        let last = &slices[j];
+        let end = last.offset + last.len.saturating_sub(1) as u64;
+        if !probe(&first.file, first.offset) || !probe(&last.file, end) {
+            return false;
+        }
+        i = j + 1;
+    }
+    true
+}
+
+/// Reads `len` bytes at `offset` into a new buffer, without zeroing it first
+/// (the kernel writes every byte; zeroing a megabyte cost more than packing it).
+fn read_span(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        let spare = rustix::buffer::spare_capacity(&mut buf);
+        let read = rustix::io::pread(file, spare, at)?;
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    // The allocator may have given more room than asked, and pread fills it.
+    buf.truncate(len);
+    Ok(buf)
 }

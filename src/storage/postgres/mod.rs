@@ -587,10 +587,11 @@ async fn read_rows(
 ) -> Result<ReadChunk, StorageError> {
     let mut plan = RangePlan::new(from, to, max_bytes, cut);
     // Rows are copied out anyway: into one buffer, one `Bytes` per read.
-    let mut data = BytesMut::new();
     if from >= to {
         return Ok(ReadChunk::empty(from));
     }
+    let expected = (to - from).min(max_bytes as u64).min(8 << 20);
+    let mut data = BytesMut::with_capacity(expected as usize);
     let statement = client
         .prepare_cached(
             "SELECT position, data, last FROM ds_data WHERE stream_id = $1 \
