@@ -11,6 +11,9 @@
 #   benches/compare.sh                          # everything
 #   SERVERS="ours-memory official-memory" WORKLOADS="append16 streams" benches/compare.sh
 #   ROUNDS=3 benches/compare.sh                 # median of 3 alternating rounds
+#
+# The raw results, the table and SVG charts of it (benches/charts.py) are kept
+# in target/bench/<time>/ (or $RESULTS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +29,9 @@ cargo build --quiet --release --features redb,metrics \
 bin=target/release/examples
 work=$(mktemp -d)
 trap 'kill "${pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+# Each run's raw results, its table and its charts are kept here.
+keep=${RESULTS:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$keep"
 
 load() { "${pin_load[@]}" "$bin/loadgen" "$@" --url "$url" --json 2>>"$work/load.err" || true; }
 
@@ -50,6 +56,12 @@ key, fmt = {
     "fanout": ("p99_ms", "{:.1f} ms p99"),
     "streams": ("creates_per_sec", "{:.0f} creates/s"),
 }[w]
+refused = [x for x in runs if key not in x]
+runs = [x for x in runs if key in x]
+if not runs:
+    busy = max((x.get("cpu") or {}).get("client_busy", 0) for x in refused)
+    print(f"| {server} | {workload} | refused | | | the load tool was the limit ({busy*100:.0f}% of its core busy) |"); sys.exit()
+failed += len(refused)
 runs.sort(key=lambda r: r[key])
 r = runs[(len(runs) - 1) // 2] if w == "fanout" else runs[len(runs) // 2]
 spread = ""
@@ -87,7 +99,7 @@ elif w == "streams":
 PY
 }
 
-results="$work/results"
+results="$keep/raw"
 mkdir -p "$results"
 # Rounds alternate the servers, so a noisy minute on a shared machine lands
 # on every server alike; each row is the median round.
@@ -113,13 +125,17 @@ for round in $(seq "$rounds"); do
   echo "round $round of $rounds done" >&2
 done
 
-echo "| server | workload | result | p50 | p99 | notes |"
-echo "|---|---|---|---|---|---|"
-for server in $servers; do
-  for workload in $workloads; do
-    if [ "$server" = bare-hyper ] && [[ "$workload" != append* && "$workload" != catchup* && "$workload" != fanout-sse ]]; then continue; fi
-    row "$server" "$workload" "$results/$server.$workload".*
+{
+  echo "| server | workload | result | p50 | p99 | notes |"
+  echo "|---|---|---|---|---|---|"
+  for server in $servers; do
+    for workload in $workloads; do
+      if [ "$server" = bare-hyper ] && [[ "$workload" != append* && "$workload" != catchup* && "$workload" != fanout-sse ]]; then continue; fi
+      row "$server" "$workload" "$results/$server.$workload".*
+    done
   done
-done
+} | tee "$keep/results.md"
+python3 benches/charts.py "$keep/results.md" "$keep/charts" >&2
+echo "raw results, table and charts: $keep" >&2
 echo
 "$bin/fsync_rate" "$work" 5

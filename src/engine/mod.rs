@@ -173,6 +173,10 @@ pub(crate) struct ReadResult {
     pub closed: bool,
     /// The bytes.
     pub data: Vec<Bytes>,
+    /// What a live reader made of this result (an SSE response's data event,
+    /// and the position it ends at), kept for the other readers woken by the
+    /// same append: they share the result, so each range is framed once.
+    pub framed: Arc<std::sync::OnceLock<(u64, Bytes)>>,
 }
 
 impl ReadResult {

@@ -98,6 +98,7 @@ impl Engine {
             tail: view.tail,
             closed: view.closed,
             data: chunk.data,
+            framed: Arc::default(),
         })
     }
 
@@ -136,6 +137,7 @@ impl Engine {
             tail: view.tail,
             closed: view.closed,
             data: chunk.data,
+            framed: Arc::default(),
         })
     }
 
@@ -286,5 +288,48 @@ impl Engine {
         self.ready().await?;
         let handle = self.find(key).await?.ok_or(StreamError::NotFound)?;
         Ok(handle.view.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::engine::{AppendRequest, BodyType, CreateRequest, Limits};
+    use crate::storage::MemoryStorage;
+
+    #[tokio::test]
+    async fn readers_woken_by_one_append_share_its_read_and_framing() {
+        let storage = Arc::new(MemoryStorage::new());
+        let engine = Engine::new(storage, Limits::default(), &CancellationToken::new());
+        let key = Key::parse("/s").expect("key");
+        engine
+            .create(&key, CreateRequest::default())
+            .await
+            .expect("create");
+        let (mut first, mut second) = (
+            engine.subscribe(&key).await.expect("subscribe"),
+            engine.subscribe(&key).await.expect("subscribe"),
+        );
+        let append = AppendRequest {
+            content_type: BodyType::Stream,
+            body: bytes::Bytes::from_static(b"news"),
+            ..AppendRequest::default()
+        };
+        engine.append(&key, append).await.expect("append");
+        first.changed().await.expect("woken");
+        second.changed().await.expect("woken");
+        let (a, b) = (first.borrow().clone(), second.borrow().clone());
+        let config = a.config.clone().expect("config");
+        let one = engine.read_live(&key, &config, 0, &a).await.expect("read");
+        let two = engine.read_live(&key, &config, 0, &b).await.expect("read");
+        assert_eq!(one.data.concat(), b"news");
+        assert_eq!(
+            one.data[0].as_ptr(),
+            two.data[0].as_ptr(),
+            "one storage read"
+        );
+        assert!(Arc::ptr_eq(&one.framed, &two.framed), "one framing");
     }
 }

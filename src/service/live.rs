@@ -206,35 +206,20 @@ async fn next_event(state: &mut SseState) -> Result<Option<Bytes>, StreamError> 
                 .engine
                 .read_live(&state.key, &state.config, state.position, &view)
                 .await?;
-            let json = state.json;
-            let (mut data, mut end) = (read.data, read.end);
-            let final_bytes = view.closed && end >= view.tail;
-            if state.encoding == SseEncoding::Text && !json && !final_bytes {
-                // Hold back a character split by the read until its rest arrives.
-                let mut hold = incomplete_utf8_suffix(&data) as u64;
-                end -= hold;
-                while hold > 0 {
-                    let Some(last) = data.last_mut() else { break };
-                    let cut = hold.min(last.len() as u64);
-                    last.truncate(last.len() - cut as usize);
-                    hold -= cut;
-                    if last.is_empty() {
-                        data.pop();
-                    }
-                }
-            }
+            // The readers woken by one append share `read`: the first frames
+            // it, the others reuse the same bytes.
+            let final_bytes = view.closed && read.end >= view.tail;
+            let (end, event) = read
+                .framed
+                .get_or_init(|| data_event(&read, final_bytes, state.encoding, state.json))
+                .clone();
             if end > state.position {
                 let at_tail = end >= view.tail;
                 let closed = view.closed && at_tail;
-                let pieces = if json {
-                    crate::protocol::json_read_frame(data)
-                } else {
-                    data
-                };
-                // One buffer for both events: the data, then where to go on.
-                let size: usize = pieces.iter().map(Bytes::len).sum();
-                let mut frame = BytesMut::with_capacity(size * 4 / 3 + 192);
-                put_data_event(&mut frame, &pieces, state.encoding);
+                // One frame: the shared data event (copied, which costs far
+                // less than framing it again), then where to go on.
+                let mut frame = BytesMut::with_capacity(event.len() + 192);
+                frame.extend_from_slice(&event);
                 put_control(&mut frame, state, end, at_tail, closed);
                 state.position = end;
                 state.sent_control = true;
@@ -269,6 +254,43 @@ async fn next_event(state: &mut SseState) -> Result<Option<Bytes>, StreamError> 
             }
         }
     }
+}
+
+/// The data event of `read` and the position it ends at: a character split
+/// at the end of a text read is held back until its rest arrives (unless the
+/// stream is closed there).
+fn data_event(
+    read: &ReadResult,
+    final_bytes: bool,
+    encoding: SseEncoding,
+    json: bool,
+) -> (u64, Bytes) {
+    let (mut data, mut end) = (read.data.clone(), read.end);
+    if encoding == SseEncoding::Text && !json && !final_bytes {
+        let mut hold = incomplete_utf8_suffix(&data) as u64;
+        end -= hold;
+        while hold > 0 {
+            let Some(last) = data.last_mut() else { break };
+            let cut = hold.min(last.len() as u64);
+            last.truncate(last.len() - cut as usize);
+            hold -= cut;
+            if last.is_empty() {
+                data.pop();
+            }
+        }
+    }
+    if end <= read.start {
+        return (end, Bytes::new());
+    }
+    let pieces = if json {
+        crate::protocol::json_read_frame(data)
+    } else {
+        data
+    };
+    let size: usize = pieces.iter().map(Bytes::len).sum();
+    let mut frame = BytesMut::with_capacity(size * 4 / 3 + 64);
+    put_data_event(&mut frame, &pieces, encoding);
+    (end, frame.freeze())
 }
 
 fn control(state: &SseState, next: u64, up_to_date: bool, closed: bool) -> Bytes {

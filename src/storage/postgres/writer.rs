@@ -173,7 +173,11 @@ fn plain(append: &Append, chunk_bytes: i32) -> bool {
 /// Plain appends, all of them in one statement, which is its own transaction
 /// (one round trip, one WAL flush): lock the streams in key order, move each
 /// stream's tail once, insert every row at once, and notify the other
-/// instances of each stream's new tail in payloads under 8,000 bytes.
+/// instances of each stream's new tail in payloads under 8,000 bytes. Lines
+/// are grouped by their running total over 6,500, so a group holds at most
+/// 6,499 bytes plus one line that straddles the boundary (a line is at most
+/// about 1,070 bytes: the ids, the tail and a 1,024-byte name), plus the
+/// header: under the limit even for the longest names.
 const PLAIN_BATCH: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) WITH ORDINALITY
@@ -214,7 +218,7 @@ lines AS (
     FROM ends
 ),
 chunks AS (
-    SELECT line, (sum(length(line)) OVER (ORDER BY key)) / 7000 AS chunk FROM lines
+    SELECT line, (sum(length(line)) OVER (ORDER BY key)) / 6500 AS chunk FROM lines
 ),
 notified AS (
     SELECT pg_notify($4, $5 || string_agg(line, '')) FROM chunks GROUP BY chunk
