@@ -148,12 +148,19 @@ struct Blocks {
 
 impl Blocks {
     /// A copy of `data` in the current block, and whether that block is a
-    /// new one. Blocks double from `MIN_BLOCK` up to `MAX_BLOCK`, so a small
+    /// new one. The first block is the first append's size; then blocks
+    /// double from `MIN_BLOCK` up to `MAX_BLOCK`, so a small
     /// stream holds little spare room and a busy one allocates rarely; an
     /// append larger than a block gets one of its own.
     fn copy(&mut self, data: &[u8]) -> (Bytes, bool) {
         let new_block = self.block.capacity() < data.len();
-        if new_block {
+        if new_block && self.size == 0 {
+            // A stream's first append gets a block of its own size: most
+            // streams of a store with many are written once, and spare room
+            // in 100,000 first blocks would be most of the store's memory.
+            self.size = MIN_BLOCK / 2;
+            self.block = BytesMut::with_capacity(data.len());
+        } else if new_block {
             self.size = (self.size * 2).clamp(MIN_BLOCK, MAX_BLOCK);
             self.block = BytesMut::with_capacity(self.size.max(data.len()));
         }
