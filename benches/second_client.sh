@@ -4,24 +4,27 @@
 # examples/loadgen.rs and by wrk (Debian's package), server pinned to core 0,
 # client to core 1, alternating, ROUNDS times:
 #   - appends/s: 16 connections, one stream, 1 KiB bodies;
-#   - catch-up MB/s: 4 connections reading a 1 MiB stream written in 64 KiB
-#     appends from the start (one response each: the whole stream fits one
-#     read).
+#   - catch-up MB/s: 4 connections reading a stream of CATCHUP_MB MiB (1 by
+#     default; 64 is compare.sh's catchup64k) written in 64 KiB appends, from
+#     the start (one response each: the whole stream fits one answer).
 # Each line carries loadgen's CPU and the server's, and wrk's own CPU (from
 # /usr/bin/time); loadgen refuses to report a figure it was the limit of.
-# wrk's catch-up figure is requests/s x 1 MiB.
+# wrk's catch-up figure is requests/s x CATCHUP_MB MiB.
 #
 #   benches/second_client.sh                        # memory mode, 5 s, 3 rounds
 #   MODE=file-durable ROUNDS=2 SECONDS_PER_RUN=10 benches/second_client.sh
+#   CATCHUP_MB=64 benches/second_client.sh
+#   MODE=official-memory benches/second_client.sh  # the official server (memory, wal)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=${MODE:-memory}
 secs=${SECONDS_PER_RUN:-5}
 rounds=${ROUNDS:-3}
+mb=${CATCHUP_MB:-1}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 command -v taskset >/dev/null || { echo "taskset is needed (util-linux)" >&2; exit 1; }
-cargo build --quiet --release --example server --example loadgen
+cargo build --quiet --release --features redb,metrics --example server --example loadgen
 bin=target/release/examples
 work=$(mktemp -d)
 server_pid=
@@ -32,13 +35,29 @@ cleanup() {
 }
 trap cleanup EXIT
 
-DS_SERVER__HOST=127.0.0.1 DS_SERVER__PORT=0 DS_STORAGE__MODE=$mode \
-  DS_STORAGE__DATA_DIR="$work/data" DS_LIMITS__MAX_MEMORY_BYTES=8589934592 RUST_LOG=warn \
-  taskset -c 0 "$bin/server" >"$work/out" 2>"$work/err" &
-server_pid=$!
-for _ in $(seq 100); do grep -q listening "$work/out" && break; sleep 0.1; done
-url=$(sed -n 's/^listening on \(http:[^ ]*\)\/$/\1/p' "$work/out")
-for _ in $(seq 100); do curl -sf "${url%/v1/stream}/readyz" >/dev/null && break; sleep 0.1; done
+case "$mode" in
+  official-*)
+    # The official server (benches/servers.sh installs it): the same two
+    # clients against it, for the workloads loadgen alone cannot measure.
+    official=target/peers/official/bin/durable-streams-server
+    [ -x "$official" ] || cargo install --quiet durable-streams --version 0.1.5 --root target/peers/official
+    taskset -c 0 "$official" --host 127.0.0.1 --port 4463 --data-dir "$work/data" \
+      --durability "${mode#official-}" >"$work/out" 2>"$work/err" &
+    server_pid=$!
+    url=http://127.0.0.1:4463/v1/stream
+    for _ in $(seq 100); do
+      [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/__probe" || true)" != 000 ] && break
+      sleep 0.1
+    done ;;
+  *)
+    DS_SERVER__HOST=127.0.0.1 DS_SERVER__PORT=0 DS_STORAGE__MODE=$mode \
+      DS_STORAGE__DATA_DIR="$work/data" DS_LIMITS__MAX_MEMORY_BYTES=8589934592 RUST_LOG=warn \
+      taskset -c 0 "$bin/server" >"$work/out" 2>"$work/err" &
+    server_pid=$!
+    for _ in $(seq 100); do grep -q listening "$work/out" && break; sleep 0.1; done
+    url=$(sed -n 's/^listening on \(http:[^ ]*\)\/$/\1/p' "$work/out")
+    for _ in $(seq 100); do curl -sf "${url%/v1/stream}/readyz" >/dev/null && break; sleep 0.1; done ;;
+esac
 
 # wrk's inputs: a 1 KiB append script, and a 1 MiB stream to read.
 cat >"$work/append.lua" <<'LUA'
@@ -46,12 +65,12 @@ wrk.method = "POST"
 wrk.body = string.rep("x", 1024)
 wrk.headers["Content-Type"] = "application/octet-stream"
 LUA
-# The catch-up stream is laid out as loadgen's: 16 appends of 64 KiB (how a
+# The catch-up stream is laid out as loadgen's: appends of 64 KiB (how a
 # stream was written decides how its bytes are held, and so the server's
 # cost of sending them).
 head -c 65536 /dev/zero | tr '\0' 'c' >"$work/chunk"
 curl -sf -X PUT -H 'content-type: application/octet-stream' "$url/wrk-catchup" >/dev/null
-for _ in $(seq 16); do
+for _ in $(seq $((mb * 16))); do
   curl -sf -X POST -H 'content-type: application/octet-stream' --data-binary "@$work/chunk" \
     "$url/wrk-catchup" >/dev/null
 done
@@ -83,18 +102,19 @@ if a is None:
     sys.exit(0)
 print(f"| {r} | appends/s, 16 conns, 1 KiB | {a:,.0f} | {wk:,.0f} | {wk/a:.2f} | {c['client_busy']*100:.0f}%, {c['server_cpu']*100:.0f}% | {wcpu*100:.0f}% |")
 PY
-  lg=$(taskset -c 1 "$bin/loadgen" catchup --url "$url" --megabytes 1 --append-bytes 65536 \
+  lg=$(taskset -c 1 "$bin/loadgen" catchup --url "$url" --megabytes "$mb" --append-bytes 65536 \
     --readers 4 --seconds "$secs" --server-pid "$server_pid" --json || true)
   wk=$(wrk_run -t1 -c4 -d"${secs}s" "$url/wrk-catchup?offset=-1")
-  python3 - "$round" "$lg" "$wk" <<'PY'
+  python3 - "$round" "$lg" "$wk" "$mb" <<'PY'
 import json, sys
 r, lg = sys.argv[1], json.loads(sys.argv[2])
 rps, wcpu = map(float, sys.argv[3].split())
-wk = rps * 1048576 / 1e6
+mb = int(sys.argv[4])
+wk = rps * mb * 1048576 / 1e6
 m, c = lg.get("mb_per_sec"), lg["cpu"]
 if m is None:
-    print(f"| {r} | catch-up MB/s, 4 conns, 1 MiB | refused (tool {c['client_busy']*100:.0f}% busy) | {wk:,.0f} | | | {wcpu*100:.0f}% |")
+    print(f"| {r} | catch-up MB/s, 4 conns, {mb} MiB | refused (tool {c['client_busy']*100:.0f}% busy) | {wk:,.0f} | | | {wcpu*100:.0f}% |")
     sys.exit(0)
-print(f"| {r} | catch-up MB/s, 4 conns, 1 MiB | {m:,.0f} | {wk:,.0f} | {wk/m:.2f} | {c['client_busy']*100:.0f}%, {c['server_cpu']*100:.0f}% | {wcpu*100:.0f}% |")
+print(f"| {r} | catch-up MB/s, 4 conns, {mb} MiB | {m:,.0f} | {wk:,.0f} | {wk/m:.2f} | {c['client_busy']*100:.0f}%, {c['server_cpu']*100:.0f}% | {wcpu*100:.0f}% |")
 PY
 done
