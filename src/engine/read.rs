@@ -151,13 +151,15 @@ impl Engine {
         from: u64,
         stop: u64,
     ) -> Result<ReadChunk, StreamError> {
-        let same = || {
-            self.registry.existing(key).is_some_and(|handle| {
+        // `find`, not the cache alone: with shared storage an idle cached
+        // entry may have been dropped while a slow client read the answer.
+        let same = |handle: Option<Arc<super::registry::Handle>>| {
+            handle.is_some_and(|handle| {
                 let view = handle.view.borrow();
-                view.config.as_ref().is_some_and(|c| c.id == config.id)
+                !view.soft_deleted && view.config.as_ref().is_some_and(|c| c.id == config.id)
             })
         };
-        if !same() {
+        if !same(self.find(key).await?) {
             return Err(StreamError::NotFound);
         }
         let chunk = self
@@ -172,7 +174,7 @@ impl Engine {
             .await?;
         // Stream ids are never reused: if the name still holds the same
         // stream after the read, the read saw that stream's bytes.
-        if !same() {
+        if !same(self.find(key).await?) {
             return Err(StreamError::NotFound);
         }
         Ok(chunk)

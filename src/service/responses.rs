@@ -178,13 +178,24 @@ impl Stream for CatchUp {
             });
             let read = std::task::ready!(reading.as_mut().poll(cx));
             this.reading = None;
-            let taken = read
-                .map_err(BoxError::from)
-                .and_then(|chunk| this.take(chunk));
+            let taken = match read {
+                // Deleted (or replaced) meanwhile: an everyday event.
+                Err(StreamError::NotFound) => {
+                    tracing::debug!(stream = %this.key.as_str(), "stream deleted during its catch-up answer");
+                    Err(BoxError::from(StreamError::NotFound))
+                }
+                Err(error) => {
+                    tracing::warn!(stream = %this.key.as_str(), %error, "catch-up answer cut short");
+                    Err(BoxError::from(error))
+                }
+                Ok(chunk) => this.take(chunk).inspect_err(|error| {
+                    tracing::warn!(stream = %this.key.as_str(), %error, "catch-up answer cut short");
+                }),
+            };
             if let Err(error) = taken {
-                // Ends the answer early: the client sees it cut short.
+                // Ends the answer early: hyper closes the connection, and the
+                // client, short of `Content-Length`, sees it cut short.
                 this.at = this.stop;
-                tracing::warn!(stream = %this.key.as_str(), %error, "catch-up answer cut short");
                 return Poll::Ready(Some(Err(error)));
             }
         }
