@@ -22,6 +22,8 @@ mode=${MODE:-memory}
 secs=${SECONDS_PER_RUN:-5}
 rounds=${ROUNDS:-3}
 mb=${CATCHUP_MB:-1}
+# As in compare.sh: a fixed 256 KiB send buffer for our server.
+export DS_SERVER__SEND_BUFFER_BYTES=${SEND_BUFFER_BYTES:-262144}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 command -v taskset >/dev/null || { echo "taskset is needed (util-linux)" >&2; exit 1; }
 cargo build --quiet --release --features redb,metrics --example server --example loadgen

@@ -20,6 +20,11 @@ need() {
   esac
 }
 
+# Our servers and the bare-hyper ceiling get a fixed 256 KiB send buffer, as
+# the official server fixes its own (64 KiB); SEND_BUFFER_BYTES=0 measures
+# them with the kernel's autotuning instead.
+export DS_SERVER__SEND_BUFFER_BYTES=${SEND_BUFFER_BYTES:-262144}
+
 # Starts server $1; sets $url and $pid.
 start() {
   local name=$1 data="$work/data-$1" port=4461

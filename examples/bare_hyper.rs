@@ -11,9 +11,10 @@
 //!   (joined once, then shared), the cheapest answer hyper can send. Other
 //!   paths keep nothing, so the request-rate ceiling stays bare.
 //!
-//! Connections get the example server's send buffer
-//! (`DS_SERVER__SEND_BUFFER_BYTES`, 256 KiB; 0 for the kernel's autotuning)
-//! and hyper's vectored writes, so the ceiling is tuned as the server is.
+//! Connections get the example server's send buffer setting
+//! (`DS_SERVER__SEND_BUFFER_BYTES`; 0, the default, for the kernel's
+//! autotuning; `benches/compare.sh` sets 256 KiB for both) and hyper's
+//! vectored writes, so the ceiling is tuned as the server is.
 //!
 //! ```text
 //! cargo run --release --example bare_hyper -- 4450
@@ -54,7 +55,7 @@ async fn main() -> std::io::Result<()> {
     let send_buffer = std::env::var("DS_SERVER__SEND_BUFFER_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(256 * 1024);
+        .unwrap_or(0);
     if send_buffer > 0 {
         socket.set_send_buffer_size(send_buffer)?;
     }

@@ -230,6 +230,21 @@ async fn bodies_being_received_share_one_budget() {
     );
 }
 
+#[test]
+fn an_answer_must_hold_one_storage_read() {
+    assert_eq!(
+        DurableStreamsService::builder()
+            .max_read_bytes(4096)
+            .max_response_bytes(4095)
+            .build()
+            .err(),
+        Some(tower_durable_streams::BuildError::ResponseSize {
+            response: 4095,
+            read: 4096
+        })
+    );
+}
+
 #[tokio::test]
 async fn an_expiry_beyond_year_9999_in_utc_is_refused() {
     let svc = DurableStreamsService::builder().build().expect("service");

@@ -81,9 +81,10 @@ pub struct ServerSection {
     pub idle_timeout_ms: u64,
     /// A connection whose client reads nothing of our answer for this long closes.
     pub write_stall_timeout_ms: u64,
-    /// Kernel send buffer of each connection (`SO_SNDBUF`; 0: the kernel's
-    /// autotuning). A fixed, cache-sized buffer sends catch-up reads faster
-    /// on loopback and in a data centre; 0 suits clients far away.
+    /// Kernel send buffer of each connection (`SO_SNDBUF`; 0, the default:
+    /// the kernel's autotuning). A fixed, cache-sized buffer (256 KiB) sends
+    /// catch-up reads faster on loopback and in a data centre, but caps a
+    /// connection's bytes in flight, which slows clients far away.
     pub send_buffer_bytes: u64,
 }
 
@@ -100,7 +101,7 @@ impl Default for ServerSection {
             tls_handshake_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             write_stall_timeout_ms: 30_000,
-            send_buffer_bytes: 256 * 1024,
+            send_buffer_bytes: 0,
         }
     }
 }
@@ -375,6 +376,15 @@ impl Config {
             return at(
                 "storage.file_compaction_min_dead_percent",
                 "must be from 0 to 100".into(),
+            );
+        }
+        if self.limits.max_response_bytes < self.limits.max_read_bytes as u64 {
+            return at(
+                "limits.max_response_bytes",
+                format!(
+                    "{} is smaller than limits.max_read_bytes ({})",
+                    self.limits.max_response_bytes, self.limits.max_read_bytes
+                ),
             );
         }
         if self.server.send_buffer_bytes > u64::from(u32::MAX / 2) {

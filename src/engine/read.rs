@@ -162,16 +162,16 @@ impl Engine {
         if !same(self.find(key).await?) {
             return Err(StreamError::NotFound);
         }
-        let chunk = self
-            .read_stitched(
-                key,
-                config,
-                from,
-                stop,
-                self.limits.max_read_bytes,
-                Cut::AnyByte,
-            )
-            .await?;
+        let step = self.limits.max_read_bytes;
+        let read = self
+            .read_stitched(key, config, from, stop, step, Cut::AnyByte)
+            .await;
+        let chunk = match read {
+            Ok(chunk) => chunk,
+            // A stream deleted during the read may look like missing bytes.
+            Err(_) if !same(self.find(key).await?) => return Err(StreamError::NotFound),
+            Err(error) => return Err(error),
+        };
         // Stream ids are never reused: if the name still holds the same
         // stream after the read, the read saw that stream's bytes.
         if !same(self.find(key).await?) {

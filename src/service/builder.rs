@@ -50,6 +50,14 @@ pub enum BuildError {
     /// A size setting is zero.
     #[error("{0} must be greater than zero")]
     ZeroSize(&'static str),
+    /// A catch-up answer could not hold one storage read.
+    #[error("max_response_bytes ({response}) must be at least max_read_bytes ({read})")]
+    ResponseSize {
+        /// The largest answer asked for.
+        response: u64,
+        /// The storage read step.
+        read: usize,
+    },
     /// The body budget cannot hold even one body of `max_append_bytes`.
     #[error("max_buffered_body_bytes ({budget}) must be at least max_append_bytes ({append})")]
     BodyBudget {
@@ -236,7 +244,8 @@ impl Builder {
 
     /// The most stream bytes one catch-up answer (`GET` without `live`)
     /// carries; a longer range is served over several requests, each naming
-    /// the next in `Stream-Next-Offset`. Defaults to 64 MiB.
+    /// the next in `Stream-Next-Offset`. Defaults to 64 MiB; at least
+    /// [`max_read_bytes`](Self::max_read_bytes).
     ///
     /// The answer is produced as the socket drains, so a large value costs
     /// memory only as [`max_read_bytes`](Self::max_read_bytes) does. A JSON
@@ -388,6 +397,12 @@ impl Builder {
         let storage = self
             .storage
             .unwrap_or_else(|| Arc::new(MemoryStorage::new()));
+        if self.max_response_bytes < self.max_read_bytes as u64 {
+            return Err(BuildError::ResponseSize {
+                response: self.max_response_bytes,
+                read: self.max_read_bytes,
+            });
+        }
         let shutdown = self.shutdown.unwrap_or_default();
         let limits = Limits {
             max_read_bytes: self.max_read_bytes,

@@ -398,8 +398,8 @@ impl Storage for FileStorage {
             // Bytes in the page cache are copied at once; only a read that
             // would wait for the disk goes to the blocking pool (a thread
             // hand-off per read cost more than the copy).
-            if reads::cached(&pieces) {
-                return this.fetch(&pieces, end);
+            if let Some(chunk) = this.fetch_cached(&pieces, end)? {
+                return Ok(chunk);
             }
             tokio::task::spawn_blocking(move || this.fetch(&pieces, end))
                 .await
@@ -519,6 +519,43 @@ mod tests {
             (part.end, part.data.concat()),
             (1150, expected[150..1150].to_vec())
         );
+    }
+
+    #[tokio::test]
+    async fn a_read_does_not_pull_in_much_more_than_it_wants() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStorage::open(dir.path(), Durability::Buffered).unwrap();
+        for (id, key) in [(1, "/tiny"), (2, "/big")] {
+            let config =
+                crate::storage::StreamConfig::new(id, "text/plain", crate::storage::Expiry::Never);
+            store
+                .create(key, StreamRecord::new(config, 0), Bytes::new())
+                .await
+                .unwrap();
+        }
+        // 10-byte records, each followed in the log by a 15 KiB one of
+        // another stream: gaps small enough to read through one by one.
+        let big = Bytes::from(vec![b'b'; 15 * 1024]);
+        let mut expected = Vec::new();
+        for i in 0..50u64 {
+            let tiny = Bytes::from(format!("{i:010}"));
+            store
+                .append("/tiny", Append::new(1, i * 10, tiny.clone()))
+                .await
+                .unwrap();
+            store
+                .append("/big", Append::new(2, i * big.len() as u64, big.clone()))
+                .await
+                .unwrap();
+            expected.extend_from_slice(&tiny);
+        }
+        let read = store
+            .read("/tiny", 0, u64::MAX, usize::MAX, Cut::AnyByte)
+            .await
+            .unwrap();
+        assert_eq!(read.data.concat(), expected);
+        // One span would have read 750 KiB for 500 bytes.
+        assert!(read.data.len() > 5, "{} spans", read.data.len());
     }
 
     mod buffered {

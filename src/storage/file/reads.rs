@@ -12,6 +12,8 @@ use crate::storage::{Cut, RangePlan, ReadChunk, StorageError, Take};
 
 /// Gaps up to this size between pieces of one read are read through.
 const COALESCE_GAP: u64 = 16 * 1024;
+/// ... as long as a read stays under twice the bytes wanted plus this.
+const COALESCE_SLACK: u64 = 64 * 1024;
 
 /// One slice of a read: `len` bytes at `offset` of `segment`, whose file was
 /// opened while the index was locked (so a compaction that replaces the file
@@ -67,25 +69,62 @@ impl FileStorage {
     /// headers and foreign records between the slices squeezed out: a catch-up
     /// of many small records is a few large buffers, not one per record.
     pub(super) fn fetch(&self, slices: &[Slice], end: u64) -> Result<ReadChunk, StorageError> {
+        self.fetch_with(slices, end, |file, offset, len| {
+            read_span(file, offset, len).map(Some)
+        })?
+        .ok_or_else(|| StorageError::Io(io::Error::other("a blocking read did not complete")))
+    }
+
+    /// Like [`fetch`](Self::fetch), but only from the page cache: `None` if
+    /// any byte would have to come from the disk (or the system cannot tell),
+    /// so that the caller reads on the runtime thread only when that costs no
+    /// wait, and otherwise hands the read to the blocking pool.
+    pub(super) fn fetch_cached(
+        &self,
+        slices: &[Slice],
+        end: u64,
+    ) -> Result<Option<ReadChunk>, StorageError> {
+        self.fetch_with(slices, end, read_span_cached)
+    }
+
+    fn fetch_with(
+        &self,
+        slices: &[Slice],
+        end: u64,
+        mut read: impl FnMut(&File, u64, usize) -> io::Result<Option<Vec<u8>>>,
+    ) -> Result<Option<ReadChunk>, StorageError> {
         let mut data = Vec::new();
         let mut i = 0;
         while i < slices.len() {
             let first = &slices[i];
             let mut j = i + 1;
             let mut span_end = first.offset + first.len as u64;
-            while j < slices.len()
-                && slices[j].segment == first.segment
-                && slices[j].offset >= span_end
-                && slices[j].offset - span_end <= COALESCE_GAP
-            {
-                span_end = slices[j].offset + slices[j].len as u64;
+            let mut payload = first.len as u64;
+            while let Some(next) = slices.get(j) {
+                let next_end = next.offset + next.len as u64;
+                // Read through small gaps (record headers, a neighbour's
+                // records), but never read much more than is wanted: a
+                // stream of tiny records among another's large ones must not
+                // turn a 1 MiB read into hundreds.
+                let wanted = payload + next.len as u64;
+                let joins = next.segment == first.segment
+                    && next.offset >= span_end
+                    && next.offset - span_end <= COALESCE_GAP
+                    && next_end - first.offset <= 2 * wanted + COALESCE_SLACK;
+                if !joins {
+                    break;
+                }
+                (span_end, payload) = (next_end, wanted);
                 j += 1;
             }
-            let mut buf = read_span(
+            let Some(mut buf) = read(
                 &first.file,
                 first.offset,
                 (span_end - first.offset) as usize,
-            )?;
+            )?
+            else {
+                return Ok(None);
+            };
             let mut packed = 0;
             for slice in &slices[i..j] {
                 let start = (slice.offset - first.offset) as usize;
@@ -98,51 +137,66 @@ impl FileStorage {
             data.push(Bytes::from(buf));
             i = j;
         }
-        Ok(ReadChunk::new(data, end))
+        Ok(Some(ReadChunk::new(data, end)))
     }
-}
-
-/// Whether the bytes of `slices` are in the page cache, so that reading them
-/// now would not wait for the disk: `RWF_NOWAIT` probes of the first and last
-/// byte in each segment (the log is written in order, so a range cached at
-/// both ends almost always is in between).
-pub(super) fn cached(slices: &[Slice]) -> bool {
-    let probe = |file: &File, at: u64| {
-        let mut byte = [0u8; 1];
-        let mut bufs = [io::IoSliceMut::new(&mut byte)];
-        rustix::io::preadv2(file, &mut bufs, at, rustix::io::ReadWriteFlags::NOWAIT)
-            .is_ok_and(|n| n == 1)
-    };
-    let mut i = 0;
-    while i < slices.len() {
-        let first = &slices[i];
-        let mut j = i;
-        while j + 1 < slices.len() && slices[j + 1].segment == first.segment {
-            j += 1;
-        }
-        let last = &slices[j];
-        let end = last.offset + last.len.saturating_sub(1) as u64;
-        if !probe(&first.file, first.offset) || !probe(&last.file, end) {
-            return false;
-        }
-        i = j + 1;
-    }
-    true
 }
 
 /// Reads `len` bytes at `offset` into a new buffer, without zeroing it first
-/// (the kernel writes every byte; zeroing a megabyte cost more than packing it).
+/// (the kernel writes every byte).
 fn read_span(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(len);
     while buf.len() < len {
         let at = offset + buf.len() as u64;
         let spare = rustix::buffer::spare_capacity(&mut buf);
-        let read = rustix::io::pread(file, spare, at)?;
-        if read == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+        match rustix::io::pread(file, spare, at) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
     // The allocator may have given more room than asked, and pread fills it.
     buf.truncate(len);
     Ok(buf)
+}
+
+/// Reads `len` bytes at `offset` if all of them are in the page cache
+/// (`preadv2` with `RWF_NOWAIT`, which never waits for the disk); `None`
+/// otherwise, or where the system cannot say.
+#[cfg(target_os = "linux")]
+fn read_span_cached(file: &File, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+    use rustix::io::{Errno, ReadWriteFlags};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// Set once the kernel or file system says it cannot do `RWF_NOWAIT`.
+    static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+    if UNSUPPORTED.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        let mut bufs = [io::IoSliceMut::new(&mut buf[done..])];
+        match rustix::io::preadv2(
+            file,
+            &mut bufs,
+            offset + done as u64,
+            ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Ok(None),
+            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
+                UNSUPPORTED.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Some(buf))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_span_cached(_: &File, _: u64, _: usize) -> io::Result<Option<Vec<u8>>> {
+    Ok(None)
 }
