@@ -57,11 +57,7 @@ impl Engine {
             ReadFrom::Now => view.tail,
             ReadFrom::At(offset) => offset.position(),
         };
-        if whole {
-            self.read_whole(key, &config, start, &view).await
-        } else {
-            self.read_at(key, &config, start, &view).await
-        }
+        self.read_answer(key, &config, start, &view, whole).await
     }
 
     /// Reads the bytes at `start` given a view obtained earlier (live reads).
@@ -72,68 +68,49 @@ impl Engine {
         start: u64,
         view: &View,
     ) -> Result<ReadResult, StreamError> {
-        if start > view.tail {
-            return Err(StreamError::invalid("offset is beyond the stream's tail"));
-        }
-        let cut = if is_json(&config.content_type) {
-            Cut::RecordBoundary
-        } else {
-            Cut::AnyByte
-        };
-        let chunk = self
-            .read_stitched(
-                key,
-                config,
-                start,
-                view.tail,
-                self.limits.max_read_bytes,
-                cut,
-            )
-            .await?;
-        Ok(ReadResult {
-            config: config.clone(),
-            start,
-            end: chunk.end,
-            stop: chunk.end,
-            tail: view.tail,
-            closed: view.closed,
-            data: chunk.data,
-            framed: Arc::default(),
-        })
+        self.read_answer(key, config, start, view, false).await
     }
 
-    /// Like [`Engine::read_at`], but the answer reaches the tail, or
-    /// `max_response_bytes` past `start` (a byte stream), or only the first
-    /// `max_read_bytes` (a JSON stream, which must end between records).
-    async fn read_whole(
+    /// Reads at most `max_read_bytes` at `start`. With `whole`, the answer
+    /// then reaches the tail, or `max_response_bytes` past `start` (a byte
+    /// stream), and its rest is read by [`Engine::read_more`]; a JSON stream
+    /// further away than that gets the one read (it must end between
+    /// records).
+    async fn read_answer(
         &self,
         key: &Key,
         config: &Arc<StreamConfig>,
         start: u64,
         view: &View,
+        whole: bool,
     ) -> Result<ReadResult, StreamError> {
         if start > view.tail {
             return Err(StreamError::invalid("offset is beyond the stream's tail"));
         }
+        let json = is_json(&config.content_type);
         let max = self.limits.max_response_bytes;
-        let stop = if view.tail - start <= max {
-            view.tail
-        } else if is_json(&config.content_type) {
-            return self.read_at(key, config, start, view).await;
-        } else {
-            start + max
+        // Where the whole answer ends, when that is known before reading.
+        let stop = match (whole, json) {
+            (false, _) => None,
+            (true, _) if view.tail - start <= max => Some(view.tail),
+            (true, true) => None,
+            (true, false) => Some(start + max),
         };
         // The tail and `start + max` of a byte stream are both places an
-        // answer may end, so the pieces in between can be cut anywhere.
-        let step = self.limits.max_read_bytes;
+        // answer may end, so the reads before them can cut anywhere.
+        let (to, cut) = match stop {
+            Some(stop) => (stop, Cut::AnyByte),
+            None if json => (view.tail, Cut::RecordBoundary),
+            None => (view.tail, Cut::AnyByte),
+        };
         let chunk = self
-            .read_stitched(key, config, start, stop, step, Cut::AnyByte)
+            .read_stitched(key, config, start, to, self.limits.max_read_bytes, cut)
             .await?;
         Ok(ReadResult {
             config: config.clone(),
             start,
             end: chunk.end,
-            stop,
+            stop: stop.unwrap_or(chunk.end),
             tail: view.tail,
             closed: view.closed,
             data: chunk.data,
