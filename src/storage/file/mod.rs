@@ -476,16 +476,22 @@ mod tests {
         reopen: reopen(Durability::Fsync),
     );
 
-    #[tokio::test]
-    async fn small_records_are_read_back_in_few_buffers() {
+    /// A new store holding empty streams `(id, key)`.
+    async fn store_with(streams: &[(u64, &str)]) -> (tempfile::TempDir, FileStorage) {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStorage::open(dir.path(), Durability::Buffered).unwrap();
-        for (id, key) in [(1, "/a"), (2, "/b")] {
+        for &(id, key) in streams {
             let config =
                 crate::storage::StreamConfig::new(id, "text/plain", crate::storage::Expiry::Never);
             let record = StreamRecord::new(config, 0);
             store.create(key, record, Bytes::new()).await.unwrap();
         }
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn small_records_are_read_back_in_few_buffers() {
+        let (_dir, store) = store_with(&[(1, "/a"), (2, "/b")]).await;
         // Two streams' records interleaved in the log, so that each read
         // squeezes out record headers and the other stream's records.
         let mut expected = Vec::new();
@@ -523,16 +529,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_does_not_pull_in_much_more_than_it_wants() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStorage::open(dir.path(), Durability::Buffered).unwrap();
-        for (id, key) in [(1, "/tiny"), (2, "/big")] {
-            let config =
-                crate::storage::StreamConfig::new(id, "text/plain", crate::storage::Expiry::Never);
-            store
-                .create(key, StreamRecord::new(config, 0), Bytes::new())
-                .await
-                .unwrap();
-        }
+        let (_dir, store) = store_with(&[(1, "/tiny"), (2, "/big")]).await;
         // 10-byte records, each followed in the log by a 15 KiB one of
         // another stream: gaps small enough to read through one by one.
         let big = Bytes::from(vec![b'b'; 15 * 1024]);
