@@ -91,7 +91,7 @@ elif w == "fanout":
         f"LOST {x['lost']}, reordered {x['out_of_order']}, failed {x['failed_subscribers']}" for x in bad)
     idle = r.get('rss_bytes_per_idle_subscriber')
     idle = f"; {idle/1024:.1f} KiB RSS per idle subscriber" if idle is not None else ""
-    print(f"| {server} | {workload} | {r['deliveries']} deliveries | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {ok}{idle}{spread} |")
+    print(f"| {server} | {workload} | {r['deliveries']} deliveries | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {ok}{idle}{cpu_note}{spread} |")
 elif w == "streams":
     errors = sum(x["errors"] for x in runs)
     rss = r.get('server_rss_bytes'); fds = r.get('server_fds'); per = r.get('rss_bytes_per_stream')

@@ -20,7 +20,7 @@
 //! A run that saw errors or lost messages says so loudly and exits non-zero: its
 //! figures are not comparable.
 //!
-//! `append` and `catchup` report the tool's own CPU use (user + system time
+//! `append`, `catchup` and `fanout` report the tool's own CPU use (user + system time
 //! over wall time, from `/proc/self/stat`) beside the server's (`--server-pid`),
 //! and **refuse to report a figure** (exit code 3) when the tool kept the cores
 //! it may run on more than 85 % busy: such a figure measures the client, not
@@ -845,6 +845,9 @@ async fn fanout(args: FanoutArgs) -> Result<bool, String> {
     let total = u64::from(args.rate) * args.seconds;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate)));
     let mut write_errors = 0;
+    // The tool's own CPU while messages flow: a busy tool would add its own
+    // delay to every latency it measures.
+    let meter = CpuMeter::start(args.server_pid);
     for seq in 0..total {
         ticker.tick().await;
         let body = Bytes::from(format!("m{seq}@{};", now_nanos()));
@@ -856,6 +859,7 @@ async fn fanout(args: FanoutArgs) -> Result<bool, String> {
             write_errors += 1;
         }
     }
+    let cpu = meter.finish();
     // Give the last messages time to arrive, then stop every subscriber.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.set();
@@ -885,16 +889,26 @@ async fn fanout(args: FanoutArgs) -> Result<bool, String> {
         percentile(&latencies, 0.999),
     );
     let ok = write_errors == 0 && lost == 0 && out_of_order == 0 && failed == 0;
+    if cpu.refusal("fanout") {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"workload": "fanout", "cpu": cpu.json()})
+            );
+        }
+        return Err(Refused.into());
+    }
     report(
         args.json,
         serde_json::json!({"workload": "fanout", "mode": args.mode, "subscribers": args.subscribers, "rate": args.rate,
             "messages": total, "deliveries": latencies.len(), "p50_ms": p50.as_secs_f64() * 1e3, "p99_ms": p99.as_secs_f64() * 1e3,
             "p999_ms": p999.as_secs_f64() * 1e3, "lost": lost, "out_of_order": out_of_order, "failed_subscribers": failed,
             "write_errors": write_errors, "every_message_delivered_once_in_order": ok,
-            "server_rss_bytes_idle": idle.map(|i| i.0), "rss_bytes_per_idle_subscriber": per_subscriber}),
-        format!("fanout ({}): {} subscribers, {} msg/s, {total} messages: {} deliveries; delivery p50 {p50:?} p99 {p99:?} p999 {p999:?}; lost {lost}, out of order {out_of_order}, failed subscribers {failed}, write errors {write_errors}; server RSS per idle subscriber {}",
+            "server_rss_bytes_idle": idle.map(|i| i.0), "rss_bytes_per_idle_subscriber": per_subscriber,
+            "cpu": cpu.json()}),
+        format!("fanout ({}): {} subscribers, {} msg/s, {total} messages: {} deliveries; delivery p50 {p50:?} p99 {p99:?} p999 {p999:?}; lost {lost}, out of order {out_of_order}, failed subscribers {failed}, write errors {write_errors}; server RSS per idle subscriber {}; {}",
             args.mode, args.subscribers, args.rate, latencies.len(),
-            per_subscriber.map_or("?".into(), |b| format!("{b:.0} B"))),
+            per_subscriber.map_or("?".into(), |b| format!("{b:.0} B")), cpu.text()),
     );
     if !ok {
         eprintln!("WARNING: messages were lost, reordered or not written; these figures are not comparable");
