@@ -517,6 +517,13 @@ mod tests {
             "{} buffers for 2,000 records",
             all.data.len()
         );
+        // The same through the read that may wait for the disk (the one
+        // above came from the page cache, where the system can tell).
+        let (slices, end) = store
+            .plan("/a", 0, u64::MAX, usize::MAX, Cut::AnyByte)
+            .unwrap();
+        let waited = store.fetch(&slices, end).unwrap();
+        assert_eq!(waited.data.concat(), expected);
         let part = store
             .read("/b", 150, u64::MAX, 1000, Cut::AnyByte)
             .await

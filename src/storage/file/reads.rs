@@ -65,14 +65,14 @@ impl FileStorage {
     }
 
     /// Reads the planned slices, coalescing neighbours in one segment into one
-    /// `pread`, and hands out each such span as one `Bytes` with the record
-    /// headers and foreign records between the slices squeezed out: a catch-up
-    /// of many small records is a few large buffers, not one per record.
+    /// scattered read, and hands out each such span as one `Bytes`: the
+    /// kernel puts every slice straight at its place in the buffer and the
+    /// record headers and foreign records between them in a scratch buffer,
+    /// so a catch-up of many small records is a few large buffers, not one
+    /// per record, and costs no copy beyond the read itself.
     pub(super) fn fetch(&self, slices: &[Slice], end: u64) -> Result<ReadChunk, StorageError> {
-        self.fetch_with(slices, end, |file, offset, len| {
-            read_span(file, offset, len).map(Some)
-        })?
-        .ok_or_else(|| StorageError::Io(io::Error::other("a blocking read did not complete")))
+        fetch_with(slices, end, Wait::Disk)?
+            .ok_or_else(|| StorageError::Io(io::Error::other("a blocking read did not complete")))
     }
 
     /// Like [`fetch`](Self::fetch), but only from the page cache: `None` if
@@ -84,119 +84,145 @@ impl FileStorage {
         slices: &[Slice],
         end: u64,
     ) -> Result<Option<ReadChunk>, StorageError> {
-        self.fetch_with(slices, end, read_span_cached)
-    }
-
-    fn fetch_with(
-        &self,
-        slices: &[Slice],
-        end: u64,
-        mut read: impl FnMut(&File, u64, usize) -> io::Result<Option<Vec<u8>>>,
-    ) -> Result<Option<ReadChunk>, StorageError> {
-        let mut data = Vec::new();
-        let mut i = 0;
-        while i < slices.len() {
-            let first = &slices[i];
-            let mut j = i + 1;
-            let mut span_end = first.offset + first.len as u64;
-            let mut payload = first.len as u64;
-            while let Some(next) = slices.get(j) {
-                let next_end = next.offset + next.len as u64;
-                // Read through small gaps (record headers, a neighbour's
-                // records), but never read much more than is wanted: a
-                // stream of tiny records among another's large ones must not
-                // turn a 1 MiB read into hundreds.
-                let wanted = payload + next.len as u64;
-                let joins = next.segment == first.segment
-                    && next.offset >= span_end
-                    && next.offset - span_end <= COALESCE_GAP
-                    && next_end - first.offset <= 2 * wanted + COALESCE_SLACK;
-                if !joins {
-                    break;
-                }
-                (span_end, payload) = (next_end, wanted);
-                j += 1;
-            }
-            let Some(mut buf) = read(
-                &first.file,
-                first.offset,
-                (span_end - first.offset) as usize,
-            )?
-            else {
-                return Ok(None);
-            };
-            let mut packed = 0;
-            for slice in &slices[i..j] {
-                let start = (slice.offset - first.offset) as usize;
-                if start != packed {
-                    buf.copy_within(start..start + slice.len, packed);
-                }
-                packed += slice.len;
-            }
-            buf.truncate(packed);
-            data.push(Bytes::from(buf));
-            i = j;
-        }
-        Ok(Some(ReadChunk::new(data, end)))
+        fetch_with(slices, end, Wait::Never)
     }
 }
 
-/// Reads `len` bytes at `offset` into a new buffer, without zeroing it first
-/// (the kernel writes every byte).
-fn read_span(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(len);
-    while buf.len() < len {
-        let at = offset + buf.len() as u64;
-        let spare = rustix::buffer::spare_capacity(&mut buf);
-        match rustix::io::pread(file, spare, at) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    // The allocator may have given more room than asked, and pread fills it.
-    buf.truncate(len);
-    Ok(buf)
+/// Whether a read may wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Disk,
+    Never,
 }
 
-/// Reads `len` bytes at `offset` if all of them are in the page cache
-/// (`preadv2` with `RWF_NOWAIT`, which never waits for the disk); `None`
-/// otherwise, or where the system cannot say.
+fn fetch_with(slices: &[Slice], end: u64, wait: Wait) -> Result<Option<ReadChunk>, StorageError> {
+    let mut data = Vec::new();
+    let mut i = 0;
+    while i < slices.len() {
+        let first = &slices[i];
+        let mut j = i + 1;
+        let mut span_end = first.offset + first.len as u64;
+        let mut payload = first.len as u64;
+        while let Some(next) = slices.get(j) {
+            let next_end = next.offset + next.len as u64;
+            // Read through small gaps (record headers, a neighbour's
+            // records), but never read much more than is wanted: a stream
+            // of tiny records among another's large ones must not turn a
+            // 1 MiB read into hundreds.
+            let wanted = payload + next.len as u64;
+            let joins = next.segment == first.segment
+                && next.offset >= span_end
+                && next.offset - span_end <= COALESCE_GAP
+                && next_end - first.offset <= 2 * wanted + COALESCE_SLACK;
+            if !joins {
+                break;
+            }
+            (span_end, payload) = (next_end, wanted);
+            j += 1;
+        }
+        let Some(buf) = read_scattered(&slices[i..j], payload as usize, wait)? else {
+            return Ok(None);
+        };
+        data.push(Bytes::from(buf));
+        i = j;
+    }
+    Ok(Some(ReadChunk::new(data, end)))
+}
+
+/// Reads `slices` (of one segment, in file order, `payload` bytes in all) with
+/// one `preadv` per [`MAX_IOVECS`]: each slice lands right after the one
+/// before it in the returned buffer, and the gaps between slices in a
+/// scratch buffer that is thrown away. `None` if `wait` is
+/// [`Wait::Never`] and some byte is not in the page cache (or the system
+/// cannot tell).
+fn read_scattered(slices: &[Slice], payload: usize, wait: Wait) -> io::Result<Option<Vec<u8>>> {
+    let file = &slices[0].file;
+    let mut gaps = Vec::with_capacity(slices.len());
+    let mut at = slices[0].offset;
+    for slice in slices {
+        gaps.push((slice.offset - at) as usize);
+        at = slice.offset + slice.len as u64;
+    }
+    let mut buf = vec![0u8; payload];
+    let mut scratch = vec![0u8; gaps.iter().sum()];
+    let mut iovecs = Vec::with_capacity(2 * slices.len());
+    let (mut rest, mut spare) = (&mut buf[..], &mut scratch[..]);
+    for (slice, gap) in slices.iter().zip(gaps) {
+        if gap > 0 {
+            let (head, tail) = std::mem::take(&mut spare).split_at_mut(gap);
+            iovecs.push(io::IoSliceMut::new(head));
+            spare = tail;
+        }
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(slice.len);
+        iovecs.push(io::IoSliceMut::new(head));
+        rest = tail;
+    }
+    let mut offset = slices[0].offset;
+    let mut pending = &mut iovecs[..];
+    while !pending.is_empty() {
+        let batch = pending.len().min(MAX_IOVECS);
+        let n = match preadv(file, &mut pending[..batch], offset, wait)? {
+            Some(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Some(n) => n,
+            None => return Ok(None),
+        };
+        offset += n as u64;
+        io::IoSliceMut::advance_slices(&mut pending, n);
+    }
+    Ok(Some(buf))
+}
+
+/// The most buffers one `preadv` takes (POSIX guarantees at least 16; Linux
+/// takes 1,024).
+const MAX_IOVECS: usize = if cfg!(target_os = "linux") { 1024 } else { 16 };
+
+/// One `preadv`, retried on `EINTR`: `None` if `wait` is [`Wait::Never`] and
+/// the read would have to wait for the disk.
 #[cfg(target_os = "linux")]
-fn read_span_cached(file: &File, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+fn preadv(
+    file: &File,
+    bufs: &mut [io::IoSliceMut<'_>],
+    offset: u64,
+    wait: Wait,
+) -> io::Result<Option<usize>> {
     use rustix::io::{Errno, ReadWriteFlags};
     use std::sync::atomic::{AtomicBool, Ordering};
     /// Set once the kernel or file system says it cannot do `RWF_NOWAIT`.
     static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
-    if UNSUPPORTED.load(Ordering::Relaxed) {
-        return Ok(None);
-    }
-    let mut buf = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        let mut bufs = [io::IoSliceMut::new(&mut buf[done..])];
-        match rustix::io::preadv2(
-            file,
-            &mut bufs,
-            offset + done as u64,
-            ReadWriteFlags::NOWAIT,
-        ) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => done += n,
+    let flags = match wait {
+        Wait::Disk => ReadWriteFlags::empty(),
+        Wait::Never if UNSUPPORTED.load(Ordering::Relaxed) => return Ok(None),
+        Wait::Never => ReadWriteFlags::NOWAIT,
+    };
+    loop {
+        match rustix::io::preadv2(file, bufs, offset, flags) {
+            Ok(n) => return Ok(Some(n)),
             Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => return Ok(None),
-            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
+            Err(Errno::AGAIN) if wait == Wait::Never => return Ok(None),
+            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) if wait == Wait::Never => {
                 UNSUPPORTED.store(true, Ordering::Relaxed);
                 return Ok(None);
             }
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Some(buf))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn read_span_cached(_: &File, _: u64, _: usize) -> io::Result<Option<Vec<u8>>> {
-    Ok(None)
+fn preadv(
+    file: &File,
+    bufs: &mut [io::IoSliceMut<'_>],
+    offset: u64,
+    wait: Wait,
+) -> io::Result<Option<usize>> {
+    if wait == Wait::Never {
+        return Ok(None);
+    }
+    loop {
+        match rustix::io::preadv(file, bufs, offset) {
+            Ok(n) => return Ok(Some(n)),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
