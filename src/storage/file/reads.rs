@@ -44,16 +44,24 @@ impl FileStorage {
             )));
         }
         let mut plan = RangePlan::new(from, to.min(entry.record.tail), max_bytes, cut);
-        let mut slices = Vec::new();
+        let mut slices: Vec<Slice> = Vec::new();
         let first = entry.pieces.partition_point(|p| p.position <= from);
         for piece in &entry.pieces[first.saturating_sub(1)..] {
             match plan.take(piece.position, u64::from(piece.len)) {
-                Take::Bytes(range) => slices.push(Slice {
-                    segment: piece.segment,
-                    file: self.segment(piece.segment)?,
-                    offset: piece.offset + range.start as u64,
-                    len: range.len(),
-                }),
+                Take::Bytes(range) => {
+                    // Most records follow one another in one segment: look
+                    // its file up once, not once per record.
+                    let file = match slices.last() {
+                        Some(last) if last.segment == piece.segment => last.file.clone(),
+                        _ => self.segment(piece.segment)?,
+                    };
+                    slices.push(Slice {
+                        segment: piece.segment,
+                        file,
+                        offset: piece.offset + range.start as u64,
+                        len: range.len(),
+                    });
+                }
                 Take::Skip => continue,
                 _ => break,
             }
