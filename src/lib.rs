@@ -74,6 +74,8 @@ mod protocol;
 mod service;
 pub mod storage;
 pub mod streams;
+#[cfg(feature = "unstable-subscriptions")]
+mod subscriptions;
 
 pub use engine::StreamError;
 pub use protocol::{Offset, OffsetParseError};

@@ -1,0 +1,13 @@
+//! Building blocks of the subscription APIs (PROTOCOL.md sections 6 and 7:
+//! webhooks and pull-wake workers), behind the `unstable-subscriptions`
+//! feature while they are built: pattern matching with an index, the checks
+//! on webhook URLs, webhook signing with its key set, and callback tokens.
+//! Nothing routes to them yet.
+
+// Used by their own tests until the routes and the engine hook arrive.
+#![allow(dead_code)]
+
+pub(crate) mod glob;
+pub(crate) mod signing;
+pub(crate) mod target;
+pub(crate) mod token;
