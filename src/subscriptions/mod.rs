@@ -9,5 +9,6 @@
 
 pub(crate) mod glob;
 pub(crate) mod signing;
+pub(crate) mod state;
 pub(crate) mod target;
 pub(crate) mod token;

@@ -1,0 +1,1196 @@
+//! Subscription state and the rules that change it, with no I/O.
+//!
+//! Every change is an [`Op`]: the decision functions of [`Subscriptions`]
+//! look at the state (and at stream tails, which the caller passes in) and
+//! return the operations to record; [`Subscriptions::apply`] folds recorded
+//! operations into the state. Deciding and applying are apart so that the
+//! operations can be written to a shared log first and applied by every
+//! instance in the same order (see `docs/design/subscriptions.md`).
+//!
+//! Offsets here are byte positions in a stream; the HTTP layer formats them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::glob::{Pattern, PatternIndex};
+
+/// How a subscription is told about new data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub(crate) enum Delivery {
+    /// A signed `POST` to `url`.
+    Webhook { url: String },
+    /// A wake event appended to `wake_stream`; workers claim the wake.
+    PullWake { wake_stream: String },
+}
+
+/// What the client asked for; two requests for one id must agree on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Config {
+    pub(crate) delivery: Delivery,
+    pub(crate) pattern: Option<String>,
+    /// Explicit streams, sorted and without duplicates.
+    pub(crate) streams: Vec<String>,
+    pub(crate) lease_ttl_ms: u64,
+    pub(crate) description: Option<String>,
+}
+
+/// The lease bounds the protocol sets, and its default.
+pub(crate) const LEASE_TTL_MS: std::ops::RangeInclusive<u64> = 1_000..=600_000;
+pub(crate) const DEFAULT_LEASE_TTL_MS: u64 = 30_000;
+
+impl Config {
+    /// Checks and normalises a configuration: explicit streams sorted and
+    /// de-duplicated, the lease inside its bounds, a pattern that parses.
+    pub(crate) fn new(
+        delivery: Delivery,
+        pattern: Option<String>,
+        mut streams: Vec<String>,
+        lease_ttl_ms: Option<u64>,
+        description: Option<String>,
+    ) -> Result<Config, Refusal> {
+        if pattern.is_none() && streams.is_empty() {
+            return Err(Refusal::Invalid(
+                "a subscription needs a pattern, streams, or both".into(),
+            ));
+        }
+        if let Some(p) = &pattern {
+            Pattern::parse(p).map_err(|e| Refusal::Invalid(format!("pattern {p:?}: {e}")))?;
+        }
+        if let Some(bad) = streams.iter().find(|s| s.is_empty() || s.starts_with('/')) {
+            return Err(Refusal::Invalid(format!(
+                "stream {bad:?}: streams are named relative to the stream root, without a leading /"
+            )));
+        }
+        let lease_ttl_ms = lease_ttl_ms.unwrap_or(DEFAULT_LEASE_TTL_MS);
+        if !LEASE_TTL_MS.contains(&lease_ttl_ms) {
+            return Err(Refusal::Invalid(format!(
+                "lease_ttl_ms must be between {} and {}",
+                LEASE_TTL_MS.start(),
+                LEASE_TTL_MS.end()
+            )));
+        }
+        streams.sort();
+        streams.dedup();
+        Ok(Config {
+            delivery,
+            pattern,
+            streams,
+            lease_ttl_ms,
+            description,
+        })
+    }
+}
+
+/// One linked stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Link {
+    /// Linked because it was named.
+    pub(crate) explicit: bool,
+    /// Linked because the pattern matches it.
+    pub(crate) glob: bool,
+    /// Everything before this offset is processed.
+    pub(crate) acked: u64,
+}
+
+/// The wake in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Wake {
+    pub(crate) id: String,
+    /// The tails of the linked streams when the wake was made: what a
+    /// webhook's `{"done": true}` acknowledges.
+    pub(crate) snapshot: BTreeMap<String, u64>,
+    /// The worker holding a pull-wake's lease.
+    pub(crate) holder: Option<String>,
+    /// When the lease ends (a webhook's from the wake, a pull-wake's from
+    /// the claim).
+    pub(crate) lease_until_ms: Option<u64>,
+}
+
+/// A subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Subscription {
+    pub(crate) id: String,
+    pub(crate) config: Config,
+    pub(crate) created_at_ms: u64,
+    pub(crate) links: BTreeMap<String, Link>,
+    /// Counts wakes; a request for an older one is fenced.
+    pub(crate) generation: u64,
+    pub(crate) wake: Option<Wake>,
+    /// A webhook delivery that failed: the attempt count and when the next
+    /// one is due (the subscription's status is `failed` meanwhile).
+    pub(crate) retry: Option<(u32, u64)>,
+}
+
+impl Subscription {
+    /// Streams with data past their cursor, given the streams' tails.
+    fn pending(&self, tails: &impl Fn(&str) -> Option<u64>) -> BTreeMap<String, u64> {
+        self.links
+            .iter()
+            .filter_map(|(path, link)| {
+                let tail = tails(path)?;
+                (tail > link.acked).then(|| (path.clone(), tail))
+            })
+            .collect()
+    }
+
+    fn is_pull_wake(&self) -> bool {
+        matches!(self.config.delivery, Delivery::PullWake { .. })
+    }
+}
+
+/// A recorded change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum Op {
+    Create {
+        id: String,
+        config: Config,
+        created_at_ms: u64,
+        /// The generation to start from (past a deleted namesake's).
+        generation: u64,
+    },
+    Delete {
+        id: String,
+    },
+    /// Adds a link, or a reason for one; an existing cursor stays.
+    Link {
+        id: String,
+        path: String,
+        explicit: bool,
+        at: u64,
+    },
+    /// Drops the explicit reason for a link (the link stays while the
+    /// pattern matches).
+    Unlink {
+        id: String,
+        path: String,
+    },
+    Wake {
+        id: String,
+        generation: u64,
+        wake_id: String,
+        snapshot: BTreeMap<String, u64>,
+        lease_until_ms: Option<u64>,
+    },
+    Claim {
+        id: String,
+        generation: u64,
+        worker: String,
+        lease_until_ms: u64,
+    },
+    /// Moves cursors forward and, without `finish`, extends the lease.
+    Ack {
+        id: String,
+        generation: u64,
+        acks: BTreeMap<String, u64>,
+        lease_until_ms: Option<u64>,
+        /// Ends the wake (done, release, or a lease that ran out).
+        finish: bool,
+    },
+    /// A failed webhook delivery and when to try again.
+    Retry {
+        id: String,
+        generation: u64,
+        attempt: u32,
+        at_ms: u64,
+    },
+}
+
+/// Why a request was refused; the HTTP layer maps each to a status and code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// 400 `INVALID_REQUEST`.
+    Invalid(String),
+    /// 404 `SUBSCRIPTION_NOT_FOUND`.
+    NotFound,
+    /// 409 `SUBSCRIPTION_ALREADY_EXISTS`: the id exists with another
+    /// configuration.
+    Conflict,
+    /// 409 `ALREADY_CLAIMED`.
+    AlreadyClaimed { holder: String, generation: u64 },
+    /// 409 `NO_PENDING_WORK`.
+    NoPendingWork,
+    /// 409 `FENCED`: for a wake that is over.
+    Fenced,
+    /// 409 `INVALID_OFFSET`.
+    InvalidOffset(String),
+}
+
+/// What a wake's holder reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Report {
+    /// The generation the token was issued for.
+    pub(crate) token_generation: u64,
+    pub(crate) wake_id: String,
+    pub(crate) generation: u64,
+    pub(crate) acks: Vec<(String, u64)>,
+    pub(crate) done: bool,
+}
+
+/// Every subscription, with the indexes that find them from a stream.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions {
+    all: HashMap<String, Subscription>,
+    patterns: PatternIndex<String>,
+    /// Explicitly named streams to the subscriptions naming them.
+    named: HashMap<String, BTreeSet<String>>,
+    /// The last generation of deleted subscriptions, so that a namesake
+    /// created later fences the old one's tokens.
+    tombstones: HashMap<String, u64>,
+}
+
+impl Subscriptions {
+    /// The subscription `id`.
+    pub(crate) fn get(&self, id: &str) -> Option<&Subscription> {
+        self.all.get(id)
+    }
+
+    /// The subscriptions that `path` (a stream's name relative to the root,
+    /// no leading `/`) belongs to or would be linked to by its pattern.
+    pub(crate) fn interested(&self, path: &str) -> BTreeSet<&str> {
+        let mut ids: BTreeSet<&str> = self
+            .patterns
+            .matching(path)
+            .into_iter()
+            .map(String::as_str)
+            .collect();
+        if let Some(named) = self.named.get(path) {
+            ids.extend(named.iter().map(String::as_str));
+        }
+        // A subscription's own wake stream never wakes it.
+        ids.retain(|id| {
+            !matches!(&self.all[*id].config.delivery,
+                Delivery::PullWake { wake_stream } if wake_stream == path)
+        });
+        ids
+    }
+
+    /// `PUT`: the operations creating `id`, or none if it exists with the
+    /// same configuration (`Ok(false)`). `existing` lists the streams that
+    /// exist now with their tails: those the pattern matches, and the named
+    /// ones, are linked at their tail (nothing before now is delivered);
+    /// named streams that do not exist yet are linked at 0.
+    pub(crate) fn create(
+        &self,
+        id: &str,
+        config: Config,
+        now_ms: u64,
+        existing: &[(String, u64)],
+    ) -> Result<(Vec<Op>, bool), Refusal> {
+        if let Some(current) = self.all.get(id) {
+            return if current.config == config {
+                Ok((Vec::new(), false))
+            } else {
+                Err(Refusal::Conflict)
+            };
+        }
+        let pattern = config.pattern.as_deref().map(Pattern::parse).transpose();
+        let pattern = pattern.map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let own_wake_stream = match &config.delivery {
+            Delivery::PullWake { wake_stream } => Some(wake_stream.clone()),
+            Delivery::Webhook { .. } => None,
+        };
+        let mut ops = vec![Op::Create {
+            id: id.to_owned(),
+            config: config.clone(),
+            created_at_ms: now_ms,
+            generation: self.tombstones.get(id).copied().unwrap_or(0),
+        }];
+        let tails: HashMap<&str, u64> = existing.iter().map(|(p, t)| (p.as_str(), *t)).collect();
+        for (path, tail) in existing {
+            let glob = pattern.as_ref().is_some_and(|p| p.matches(path));
+            if glob && own_wake_stream.as_deref() != Some(path) {
+                ops.push(link(id, path, false, *tail));
+            }
+        }
+        for path in &config.streams {
+            ops.push(link(id, path, true, tails.get(path.as_str()).copied().unwrap_or(0)));
+        }
+        Ok((ops, true))
+    }
+
+    /// `DELETE`: the operation deleting `id`, if it exists.
+    pub(crate) fn delete(&self, id: &str) -> Vec<Op> {
+        if self.all.contains_key(id) {
+            vec![Op::Delete { id: id.to_owned() }]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// `POST .../streams`: explicit links, at each stream's tail (0 for a
+    /// stream that does not exist yet); a stream already linked keeps its
+    /// cursor.
+    pub(crate) fn add_streams(
+        &self,
+        id: &str,
+        paths: &[String],
+        tails: impl Fn(&str) -> Option<u64>,
+    ) -> Result<Vec<Op>, Refusal> {
+        let sub = self.all.get(id).ok_or(Refusal::NotFound)?;
+        if let Some(bad) = paths.iter().find(|p| p.is_empty() || p.starts_with('/')) {
+            return Err(Refusal::Invalid(format!("stream {bad:?} is not a stream name")));
+        }
+        Ok(paths
+            .iter()
+            .filter(|p| !sub.links.get(*p).is_some_and(|l| l.explicit))
+            .map(|p| link(id, p, true, tails(p).unwrap_or(0)))
+            .collect())
+    }
+
+    /// `DELETE .../streams/:path`.
+    pub(crate) fn remove_stream(&self, id: &str, path: &str) -> Result<Vec<Op>, Refusal> {
+        let sub = self.all.get(id).ok_or(Refusal::NotFound)?;
+        Ok(match sub.links.get(path) {
+            Some(l) if l.explicit => vec![Op::Unlink {
+                id: id.to_owned(),
+                path: path.to_owned(),
+            }],
+            _ => Vec::new(),
+        })
+    }
+
+    /// An append moved `path`'s tail from `before` to `after`: streams that
+    /// start to match a pattern are linked at `before` (so this append is
+    /// delivered), and idle subscriptions with pending work wake.
+    /// `wake_id` makes a fresh wake id.
+    pub(crate) fn appended(
+        &self,
+        path: &str,
+        before: u64,
+        after: u64,
+        now_ms: u64,
+        tails: impl Fn(&str) -> Option<u64>,
+        mut wake_id: impl FnMut() -> String,
+    ) -> Vec<Op> {
+        let mut ops = Vec::new();
+        for id in self.interested(path) {
+            let sub = &self.all[id];
+            let mut acked = sub.links.get(path).map(|l| l.acked);
+            if acked.is_none() {
+                ops.push(link(id, path, false, before));
+                acked = Some(before);
+            }
+            if sub.wake.is_some() || sub.retry.is_some() {
+                continue;
+            }
+            let mut snapshot = sub.pending(&tails);
+            if after > acked.unwrap_or(0) {
+                snapshot.insert(path.to_owned(), after);
+            }
+            if !snapshot.is_empty() {
+                ops.push(wake_op(sub, snapshot, now_ms, &mut wake_id));
+            }
+        }
+        ops
+    }
+
+    /// `POST .../claim` by `worker`.
+    pub(crate) fn claim(
+        &self,
+        id: &str,
+        worker: &str,
+        now_ms: u64,
+        tails: impl Fn(&str) -> Option<u64>,
+        mut wake_id: impl FnMut() -> String,
+    ) -> Result<Vec<Op>, Refusal> {
+        let sub = self.all.get(id).ok_or(Refusal::NotFound)?;
+        if !sub.is_pull_wake() {
+            return Err(Refusal::Invalid(
+                "only a pull-wake subscription can be claimed".into(),
+            ));
+        }
+        if worker.is_empty() {
+            return Err(Refusal::Invalid("a claim must name its worker".into()));
+        }
+        let mut ops = Vec::new();
+        let generation = match &sub.wake {
+            Some(Wake {
+                holder: Some(holder),
+                ..
+            }) => {
+                return Err(Refusal::AlreadyClaimed {
+                    holder: holder.clone(),
+                    generation: sub.generation,
+                })
+            }
+            Some(_) => sub.generation,
+            None => {
+                // Work that arrived with no wake open (or a claim that came
+                // before the wake): open one now.
+                let snapshot = sub.pending(&tails);
+                if snapshot.is_empty() {
+                    return Err(Refusal::NoPendingWork);
+                }
+                ops.push(wake_op(sub, snapshot, now_ms, &mut wake_id));
+                sub.generation + 1
+            }
+        };
+        ops.push(Op::Claim {
+            id: id.to_owned(),
+            generation,
+            worker: worker.to_owned(),
+            lease_until_ms: now_ms + sub.config.lease_ttl_ms,
+        });
+        Ok(ops)
+    }
+
+    /// A webhook callback or a pull-wake ack: acknowledges offsets, extends
+    /// the lease, and with `done` ends the wake (and wakes again if work is
+    /// pending). Returns the operations and whether a new wake follows.
+    pub(crate) fn report(
+        &self,
+        id: &str,
+        report: &Report,
+        now_ms: u64,
+        tails: impl Fn(&str) -> Option<u64>,
+        wake_id: impl FnMut() -> String,
+    ) -> Result<(Vec<Op>, bool), Refusal> {
+        let sub = self.all.get(id).ok_or(Refusal::NotFound)?;
+        let wake = current_wake(sub, report.token_generation, report.generation, &report.wake_id)?;
+        let mut acks = BTreeMap::new();
+        for (path, offset) in &report.acks {
+            let link = sub
+                .links
+                .get(path)
+                .ok_or_else(|| Refusal::InvalidOffset(format!("{path:?} is not linked")))?;
+            if *offset < link.acked {
+                return Err(Refusal::InvalidOffset(format!(
+                    "{path:?}: an ack cannot move the cursor back"
+                )));
+            }
+            if tails(path).is_none_or(|tail| *offset > tail) {
+                return Err(Refusal::InvalidOffset(format!(
+                    "{path:?}: the offset is past the stream's tail"
+                )));
+            }
+            acks.insert(path.clone(), *offset);
+        }
+        let lease_until_ms = (!report.done && wake.lease_until_ms.is_some())
+            .then_some(now_ms + sub.config.lease_ttl_ms);
+        let finish = Op::Ack {
+            id: id.to_owned(),
+            generation: sub.generation,
+            acks,
+            lease_until_ms,
+            finish: report.done,
+        };
+        if !report.done {
+            return Ok((vec![finish], false));
+        }
+        Ok(self.finish_and_rewake(sub, finish, now_ms, tails, wake_id))
+    }
+
+    /// A webhook answered `{"done": true}`: the wake's snapshot is
+    /// acknowledged and the wake ends.
+    pub(crate) fn delivered(
+        &self,
+        id: &str,
+        generation: u64,
+        now_ms: u64,
+        tails: impl Fn(&str) -> Option<u64>,
+        wake_id: impl FnMut() -> String,
+    ) -> Result<(Vec<Op>, bool), Refusal> {
+        let sub = self.all.get(id).ok_or(Refusal::NotFound)?;
+        let wake = match &sub.wake {
+            Some(wake) if sub.generation == generation => wake,
+            _ => return Err(Refusal::Fenced),
+        };
+        let finish = Op::Ack {
+            id: id.to_owned(),
+            generation,
+            acks: wake.snapshot.clone(),
+            lease_until_ms: None,
+            finish: true,
+        };
+        Ok(self.finish_and_rewake(sub, finish, now_ms, tails, wake_id))
+    }
+
+    /// `POST .../release`: gives the wake back unfinished.
+    pub(crate) fn release(
+        &self,
+        id: &str,
+        token_generation: u64,
+        generation: u64,
+        wake_id: &str,
+        now_ms: u64,
+        tails: impl Fn(&str) -> Option<u64>,
+        new_wake_id: impl FnMut() -> String,
+    ) -> Result<(Vec<Op>, bool), Refusal> {
+        let sub = self.all.get(id).ok_or(Refusal::NotFound)?;
+        current_wake(sub, token_generation, generation, wake_id)?;
+        let finish = Op::Ack {
+            id: id.to_owned(),
+            generation,
+            acks: BTreeMap::new(),
+            lease_until_ms: None,
+            finish: true,
+        };
+        Ok(self.finish_and_rewake(sub, finish, now_ms, tails, new_wake_id))
+    }
+
+    /// Leases that ran out by `now_ms`: their wakes end, and pending work
+    /// wakes again under a new generation.
+    pub(crate) fn expired(
+        &self,
+        now_ms: u64,
+        tails: impl Fn(&str) -> Option<u64>,
+        mut wake_id: impl FnMut() -> String,
+    ) -> Vec<Op> {
+        let mut ops = Vec::new();
+        let mut ids: Vec<&String> = self.all.keys().collect();
+        ids.sort();
+        for id in ids {
+            let sub = &self.all[id];
+            let over = sub
+                .wake
+                .as_ref()
+                .and_then(|w| w.lease_until_ms)
+                .is_some_and(|until| until <= now_ms);
+            if over {
+                let finish = Op::Ack {
+                    id: id.clone(),
+                    generation: sub.generation,
+                    acks: BTreeMap::new(),
+                    lease_until_ms: None,
+                    finish: true,
+                };
+                ops.extend(self.finish_and_rewake(sub, finish, now_ms, &tails, &mut wake_id).0);
+            }
+        }
+        ops
+    }
+
+    /// `finish` (an ending [`Op::Ack`]), then a new wake if work is still
+    /// pending after its acks.
+    fn finish_and_rewake(
+        &self,
+        sub: &Subscription,
+        finish: Op,
+        now_ms: u64,
+        tails: impl Fn(&str) -> Option<u64>,
+        mut wake_id: impl FnMut() -> String,
+    ) -> (Vec<Op>, bool) {
+        let Op::Ack { acks, .. } = &finish else {
+            unreachable!("finish_and_rewake takes an ack")
+        };
+        let mut after = sub.clone();
+        for (path, offset) in acks {
+            if let Some(link) = after.links.get_mut(path) {
+                link.acked = link.acked.max(*offset);
+            }
+        }
+        after.wake = None;
+        after.generation = sub.generation;
+        let pending = after.pending(&tails);
+        let mut ops = vec![finish];
+        if pending.is_empty() {
+            return (ops, false);
+        }
+        ops.push(wake_op(&after, pending, now_ms, &mut wake_id));
+        (ops, true)
+    }
+
+    /// Folds a recorded operation into the state. Operations for a deleted
+    /// subscription, or for a wake that has since ended, change nothing.
+    pub(crate) fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Create {
+                id,
+                config,
+                created_at_ms,
+                generation,
+            } => {
+                if self.all.contains_key(id) {
+                    return;
+                }
+                if let Some(p) = config.pattern.as_deref().and_then(|p| Pattern::parse(p).ok()) {
+                    self.patterns.insert(p, id.clone());
+                }
+                self.tombstones.remove(id);
+                self.all.insert(
+                    id.clone(),
+                    Subscription {
+                        id: id.clone(),
+                        config: config.clone(),
+                        created_at_ms: *created_at_ms,
+                        links: BTreeMap::new(),
+                        generation: *generation,
+                        wake: None,
+                        retry: None,
+                    },
+                );
+            }
+            Op::Delete { id } => {
+                let Some(sub) = self.all.remove(id) else {
+                    return;
+                };
+                if let Some(p) = sub.config.pattern.as_deref().and_then(|p| Pattern::parse(p).ok()) {
+                    self.patterns.remove(&p, id);
+                }
+                for (path, link) in &sub.links {
+                    if link.explicit {
+                        self.unname(path, id);
+                    }
+                }
+                self.tombstones.insert(id.clone(), sub.generation);
+            }
+            Op::Link {
+                id,
+                path,
+                explicit,
+                at,
+            } => {
+                let Some(sub) = self.all.get_mut(id) else {
+                    return;
+                };
+                let link = sub.links.entry(path.clone()).or_insert(Link {
+                    explicit: false,
+                    glob: false,
+                    acked: *at,
+                });
+                if *explicit {
+                    link.explicit = true;
+                    self.named.entry(path.clone()).or_default().insert(id.clone());
+                } else {
+                    link.glob = true;
+                }
+            }
+            Op::Unlink { id, path } => {
+                let Some(sub) = self.all.get_mut(id) else {
+                    return;
+                };
+                let glob = match sub.links.get_mut(path) {
+                    Some(link) => {
+                        link.explicit = false;
+                        link.glob
+                    }
+                    None => return,
+                };
+                if !glob {
+                    sub.links.remove(path);
+                }
+                self.unname(path, id);
+            }
+            Op::Wake {
+                id,
+                generation,
+                wake_id,
+                snapshot,
+                lease_until_ms,
+            } => {
+                let Some(sub) = self.all.get_mut(id) else {
+                    return;
+                };
+                if *generation != sub.generation + 1 || sub.wake.is_some() {
+                    return;
+                }
+                sub.generation = *generation;
+                sub.retry = None;
+                sub.wake = Some(Wake {
+                    id: wake_id.clone(),
+                    snapshot: snapshot.clone(),
+                    holder: None,
+                    lease_until_ms: *lease_until_ms,
+                });
+            }
+            Op::Claim {
+                id,
+                generation,
+                worker,
+                lease_until_ms,
+            } => {
+                if let Some(wake) = self.wake_of(id, *generation) {
+                    if wake.holder.is_none() {
+                        wake.holder = Some(worker.clone());
+                        wake.lease_until_ms = Some(*lease_until_ms);
+                    }
+                }
+            }
+            Op::Ack {
+                id,
+                generation,
+                acks,
+                lease_until_ms,
+                finish,
+            } => {
+                let Some(sub) = self.all.get_mut(id) else {
+                    return;
+                };
+                if sub.generation != *generation || sub.wake.is_none() {
+                    return;
+                }
+                for (path, offset) in acks {
+                    if let Some(link) = sub.links.get_mut(path) {
+                        link.acked = link.acked.max(*offset);
+                    }
+                }
+                if *finish {
+                    sub.wake = None;
+                    sub.retry = None;
+                } else if let (Some(wake), Some(until)) = (&mut sub.wake, lease_until_ms) {
+                    wake.lease_until_ms = Some(*until);
+                }
+            }
+            Op::Retry {
+                id,
+                generation,
+                attempt,
+                at_ms,
+            } => {
+                if let Some(sub) = self.all.get_mut(id) {
+                    if sub.generation == *generation {
+                        sub.retry = Some((*attempt, *at_ms));
+                    }
+                }
+            }
+        }
+    }
+
+    fn wake_of(&mut self, id: &str, generation: u64) -> Option<&mut Wake> {
+        let sub = self.all.get_mut(id)?;
+        if sub.generation != generation {
+            return None;
+        }
+        sub.wake.as_mut()
+    }
+
+    fn unname(&mut self, path: &str, id: &str) {
+        if let Some(ids) = self.named.get_mut(path) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.named.remove(path);
+            }
+        }
+    }
+}
+
+fn link(id: &str, path: &str, explicit: bool, at: u64) -> Op {
+    Op::Link {
+        id: id.to_owned(),
+        path: path.to_owned(),
+        explicit,
+        at,
+    }
+}
+
+fn wake_op(
+    sub: &Subscription,
+    snapshot: BTreeMap<String, u64>,
+    now_ms: u64,
+    wake_id: &mut impl FnMut() -> String,
+) -> Op {
+    // A webhook's lease runs from the wake; a pull-wake's from its claim.
+    let lease_until_ms = (!sub.is_pull_wake()).then_some(now_ms + sub.config.lease_ttl_ms);
+    Op::Wake {
+        id: sub.id.clone(),
+        generation: sub.generation + 1,
+        wake_id: wake_id(),
+        snapshot,
+        lease_until_ms,
+    }
+}
+
+/// The wake a report is for, if it is still the current one.
+fn current_wake<'a>(
+    sub: &'a Subscription,
+    token_generation: u64,
+    generation: u64,
+    wake_id: &str,
+) -> Result<&'a Wake, Refusal> {
+    match &sub.wake {
+        Some(wake)
+            if token_generation == sub.generation
+                && generation == sub.generation
+                && wake.id == wake_id =>
+        {
+            Ok(wake)
+        }
+        _ => Err(Refusal::Fenced),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webhook(pattern: &str) -> Config {
+        Config::new(
+            Delivery::Webhook {
+                url: "https://hooks.example.com/x".into(),
+            },
+            Some(pattern.into()),
+            Vec::new(),
+            Some(1_000),
+            None,
+        )
+        .unwrap()
+    }
+
+    fn pull(pattern: &str) -> Config {
+        Config::new(
+            Delivery::PullWake {
+                wake_stream: "wake/pool".into(),
+            },
+            Some(pattern.into()),
+            Vec::new(),
+            Some(1_000),
+            None,
+        )
+        .unwrap()
+    }
+
+    /// State and stream tails, with ids counted up.
+    #[derive(Default)]
+    struct World {
+        subs: Subscriptions,
+        tails: HashMap<String, u64>,
+        next: u32,
+    }
+
+    impl World {
+        fn record(&mut self, ops: Vec<Op>) {
+            for op in &ops {
+                // Every operation survives the log's encoding.
+                let json = serde_json::to_string(op).unwrap();
+                let back: Op = serde_json::from_str(&json).unwrap();
+                assert_eq!(&back, op);
+                self.subs.apply(&back);
+            }
+        }
+
+        fn create(&mut self, id: &str, config: Config) -> bool {
+            let existing: Vec<(String, u64)> =
+                self.tails.iter().map(|(p, t)| (p.clone(), *t)).collect();
+            let (ops, created) = self.subs.create(id, config, 0, &existing).unwrap();
+            self.record(ops);
+            created
+        }
+
+        fn append(&mut self, path: &str, bytes: u64, now: u64) {
+            let before = self.tails.get(path).copied().unwrap_or(0);
+            self.tails.insert(path.into(), before + bytes);
+            let tails = self.tails.clone();
+            let next = &mut self.next;
+            let ops = self.subs.appended(
+                path,
+                before,
+                before + bytes,
+                now,
+                |p| tails.get(p).copied(),
+                || {
+                    *next += 1;
+                    format!("w{next}")
+                },
+            );
+            self.record(ops);
+        }
+
+        fn tails(&self) -> impl Fn(&str) -> Option<u64> + '_ {
+            |p| self.tails.get(p).copied()
+        }
+
+        fn sub(&self, id: &str) -> &Subscription {
+            self.subs.get(id).unwrap()
+        }
+    }
+
+    fn ids() -> impl FnMut() -> String {
+        let mut n = 100;
+        move || {
+            n += 1;
+            format!("w{n}")
+        }
+    }
+
+    #[test]
+    fn a_create_links_matching_streams_at_their_tail_and_is_idempotent() {
+        let mut w = World::default();
+        w.tails.insert("events/a".into(), 10);
+        w.tails.insert("other/b".into(), 5);
+        assert!(w.create("s", webhook("events/*")));
+        assert_eq!(w.sub("s").links["events/a"].acked, 10);
+        assert!(!w.sub("s").links.contains_key("other/b"));
+        // The same again: nothing to do. Another configuration: conflict.
+        assert!(!w.create("s", webhook("events/*")));
+        assert_eq!(
+            w.subs.create("s", webhook("events/**"), 0, &[]),
+            Err(Refusal::Conflict)
+        );
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        let d = || Delivery::Webhook { url: "x".into() };
+        assert!(Config::new(d(), None, vec![], None, None).is_err());
+        assert!(Config::new(d(), Some("a//b".into()), vec![], None, None).is_err());
+        assert!(Config::new(d(), None, vec!["/a".into()], None, None).is_err());
+        assert!(Config::new(d(), Some("a".into()), vec![], Some(999), None).is_err());
+        assert!(Config::new(d(), Some("a".into()), vec![], Some(600_001), None).is_err());
+        let c = Config::new(d(), None, vec!["b".into(), "a".into(), "b".into()], None, None);
+        let c = c.unwrap();
+        assert_eq!(c.streams, ["a", "b"]);
+        assert_eq!(c.lease_ttl_ms, DEFAULT_LEASE_TTL_MS);
+    }
+
+    #[test]
+    fn one_append_wakes_an_idle_subscription_once() {
+        let mut w = World::default();
+        w.create("s", webhook("events/*"));
+        // A stream that starts to match is linked before its first append.
+        w.append("events/new", 7, 0);
+        let sub = w.sub("s");
+        assert_eq!(sub.links["events/new"].acked, 0);
+        assert_eq!(sub.generation, 1);
+        let wake = sub.wake.clone().unwrap();
+        assert_eq!(wake.snapshot["events/new"], 7);
+        assert_eq!(wake.lease_until_ms, Some(1_000));
+        // More appends while the wake is out do not wake again.
+        w.append("events/new", 3, 10);
+        w.append("events/other", 3, 10);
+        assert_eq!(w.sub("s").generation, 1);
+        // Streams outside the pattern are not linked.
+        w.append("elsewhere", 3, 10);
+        assert!(!w.sub("s").links.contains_key("elsewhere"));
+    }
+
+    #[test]
+    fn two_instances_deciding_the_same_wake_record_one() {
+        let mut w = World::default();
+        w.create("s", webhook("events/*"));
+        w.tails.insert("events/a".into(), 5);
+        let tails = w.tails.clone();
+        let decide = |n: &str| {
+            w.subs
+                .appended("events/a", 0, 5, 0, |p| tails.get(p).copied(), || n.to_owned())
+        };
+        let (first, second) = (decide("w-a"), decide("w-b"));
+        w.record(first);
+        // The second decision was made on the same state; applied after the
+        // first it changes nothing.
+        w.record(second);
+        let sub = w.sub("s");
+        assert_eq!((sub.generation, sub.wake.as_ref().unwrap().id.as_str()), (1, "w-a"));
+    }
+
+    #[test]
+    fn done_acknowledges_the_snapshot_and_wakes_again_for_later_data() {
+        let mut w = World::default();
+        w.create("s", webhook("events/*"));
+        w.append("events/a", 5, 0);
+        w.append("events/a", 5, 1);
+        let (ops, again) = w.subs.delivered("s", 1, 2, w.tails(), ids()).unwrap();
+        w.record(ops);
+        assert!(again, "the second append came after the snapshot");
+        let sub = w.sub("s");
+        assert_eq!(sub.links["events/a"].acked, 5);
+        assert_eq!(sub.generation, 2);
+        assert_eq!(sub.wake.as_ref().unwrap().snapshot["events/a"], 10);
+        let (ops, again) = w.subs.delivered("s", 2, 3, w.tails(), ids()).unwrap();
+        w.record(ops);
+        assert!(!again);
+        assert!(w.sub("s").wake.is_none());
+        // A late answer for an old wake is fenced.
+        assert_eq!(
+            w.subs.delivered("s", 1, 4, w.tails(), ids()),
+            Err(Refusal::Fenced)
+        );
+    }
+
+    fn report(generation: u64, wake_id: &str, acks: &[(&str, u64)], done: bool) -> Report {
+        Report {
+            token_generation: generation,
+            wake_id: wake_id.into(),
+            generation,
+            acks: acks.iter().map(|(p, o)| ((*p).to_owned(), *o)).collect(),
+            done,
+        }
+    }
+
+    #[test]
+    fn callbacks_are_fenced_once_their_wake_is_over() {
+        let mut w = World::default();
+        w.create("s", webhook("events/*"));
+        w.append("events/a", 5, 0);
+        let wake_id = w.sub("s").wake.as_ref().unwrap().id.clone();
+        let done = report(1, &wake_id, &[("events/a", 5)], true);
+        let (ops, again) = w.subs.report("s", &done, 10, w.tails(), ids()).unwrap();
+        w.record(ops);
+        assert!(!again);
+        assert_eq!(w.sub("s").links["events/a"].acked, 5);
+        // The same callback again: the wake is over.
+        assert_eq!(
+            w.subs.report("s", &done, 11, w.tails(), ids()),
+            Err(Refusal::Fenced)
+        );
+        // A wrong wake id, generation, or token generation is fenced too.
+        w.append("events/a", 1, 20);
+        let current = w.sub("s").wake.as_ref().unwrap().id.clone();
+        let mut stale = report(2, "not-it", &[], false);
+        assert_eq!(w.subs.report("s", &stale, 21, w.tails(), ids()), Err(Refusal::Fenced));
+        stale.wake_id = current.clone();
+        stale.token_generation = 1;
+        assert_eq!(w.subs.report("s", &stale, 21, w.tails(), ids()), Err(Refusal::Fenced));
+        stale.token_generation = 2;
+        assert!(w.subs.report("s", &stale, 21, w.tails(), ids()).is_ok());
+    }
+
+    #[test]
+    fn acks_that_move_back_or_past_the_tail_are_refused() {
+        let mut w = World::default();
+        w.create("s", webhook("events/*"));
+        w.append("events/a", 5, 0);
+        let id = w.sub("s").wake.as_ref().unwrap().id.clone();
+        let heartbeat = report(1, &id, &[("events/a", 3)], false);
+        let (ops, _) = w.subs.report("s", &heartbeat, 100, w.tails(), ids()).unwrap();
+        w.record(ops);
+        // The heartbeat moved the cursor and extended the lease.
+        let sub = w.sub("s");
+        assert_eq!(sub.links["events/a"].acked, 3);
+        assert_eq!(sub.wake.as_ref().unwrap().lease_until_ms, Some(1_100));
+        for acks in [[("events/a", 2)], [("events/a", 6)], [("events/zzz", 1)]] {
+            let bad = report(1, &id, &acks, false);
+            assert!(matches!(
+                w.subs.report("s", &bad, 100, w.tails(), ids()),
+                Err(Refusal::InvalidOffset(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn pull_wake_claims_are_exclusive_and_released_work_wakes_again() {
+        let mut w = World::default();
+        w.create("p", pull("events/*"));
+        assert_eq!(
+            w.subs.claim("p", "w1", 0, w.tails(), ids()),
+            Err(Refusal::NoPendingWork)
+        );
+        w.append("events/a", 5, 0);
+        // The wake is open but nobody holds it; a pull-wake lease starts at
+        // the claim.
+        assert_eq!(w.sub("p").wake.as_ref().unwrap().lease_until_ms, None);
+        let ops = w.subs.claim("p", "w1", 10, w.tails(), ids()).unwrap();
+        w.record(ops);
+        assert_eq!(
+            w.subs.claim("p", "w2", 11, w.tails(), ids()),
+            Err(Refusal::AlreadyClaimed {
+                holder: "w1".into(),
+                generation: 1
+            })
+        );
+        let wake = w.sub("p").wake.clone().unwrap();
+        assert_eq!(wake.lease_until_ms, Some(1_010));
+        let done = report(1, &wake.id, &[("events/a", 5)], true);
+        let (ops, again) = w.subs.report("p", &done, 12, w.tails(), ids()).unwrap();
+        w.record(ops);
+        assert!(!again);
+        // Another append, a claim, then a release without acks: the work is
+        // still pending, so it wakes again under the next generation.
+        w.append("events/a", 1, 20);
+        let ops = w.subs.claim("p", "w2", 21, w.tails(), ids()).unwrap();
+        w.record(ops);
+        let wake = w.sub("p").wake.clone().unwrap();
+        let (ops, again) = w
+            .subs
+            .release("p", 2, 2, &wake.id, 22, w.tails(), ids())
+            .unwrap();
+        w.record(ops);
+        assert!(again);
+        let sub = w.sub("p");
+        assert_eq!(sub.generation, 3);
+        assert_eq!(sub.wake.as_ref().unwrap().holder, None);
+    }
+
+    #[test]
+    fn a_claim_opens_a_wake_for_work_that_has_none() {
+        let mut w = World::default();
+        w.tails.insert("events/a".into(), 0);
+        w.create("p", pull("events/*"));
+        // The data arrives without the append hook (another instance, say).
+        w.tails.insert("events/a".into(), 4);
+        let ops = w.subs.claim("p", "w1", 0, w.tails(), ids()).unwrap();
+        w.record(ops);
+        let sub = w.sub("p");
+        assert_eq!(sub.generation, 1);
+        assert_eq!(sub.wake.as_ref().unwrap().holder.as_deref(), Some("w1"));
+    }
+
+    #[test]
+    fn an_expired_lease_clears_the_holder_and_wakes_pending_work() {
+        let mut w = World::default();
+        w.create("p", pull("events/*"));
+        w.append("events/a", 5, 0);
+        let ops = w.subs.claim("p", "w1", 0, w.tails(), ids()).unwrap();
+        w.record(ops);
+        assert!(w.subs.expired(999, w.tails(), ids()).is_empty());
+        let ops = w.subs.expired(1_000, w.tails(), ids());
+        w.record(ops);
+        let sub = w.sub("p");
+        assert_eq!(sub.generation, 2);
+        assert_eq!(sub.wake.as_ref().unwrap().holder, None);
+        // The old holder's ack is fenced.
+        let old = report(1, "w101", &[("events/a", 5)], true);
+        assert_eq!(w.subs.report("p", &old, 1_001, w.tails(), ids()), Err(Refusal::Fenced));
+    }
+
+    #[test]
+    fn explicit_links_come_and_go_and_glob_links_stay() {
+        let mut w = World::default();
+        w.tails.insert("events/a".into(), 3);
+        w.create("s", webhook("events/*"));
+        let ops = w
+            .subs
+            .add_streams("s", &["events/a".into(), "manual/b".into()], w.tails())
+            .unwrap();
+        w.record(ops);
+        let sub = w.sub("s");
+        assert!(sub.links["events/a"].explicit && sub.links["events/a"].glob);
+        assert_eq!(sub.links["manual/b"].acked, 0);
+        // Adding again changes nothing.
+        assert!(w.subs.add_streams("s", &["manual/b".into()], w.tails()).unwrap().is_empty());
+        // An append to a named stream wakes the subscription.
+        w.append("manual/b", 2, 0);
+        assert_eq!(w.sub("s").generation, 1);
+        let ops = w.subs.remove_stream("s", "manual/b").unwrap();
+        w.record(ops);
+        let ops = w.subs.remove_stream("s", "events/a").unwrap();
+        w.record(ops);
+        let sub = w.sub("s");
+        assert!(!sub.links.contains_key("manual/b"));
+        assert!(!sub.links["events/a"].explicit && sub.links["events/a"].glob);
+        assert!(w.subs.interested("manual/b").is_empty());
+        assert_eq!(w.subs.remove_stream("x", "a"), Err(Refusal::NotFound));
+    }
+
+    #[test]
+    fn a_pull_wake_subscription_ignores_its_own_wake_stream() {
+        let mut w = World::default();
+        w.create("p", pull("**"));
+        w.append("wake/pool", 10, 0);
+        assert!(w.sub("p").wake.is_none());
+        assert!(!w.sub("p").links.contains_key("wake/pool"));
+    }
+
+    #[test]
+    fn a_deleted_subscription_is_gone_and_its_namesake_fences_old_tokens() {
+        let mut w = World::default();
+        w.create("s", webhook("events/*"));
+        w.append("events/a", 5, 0);
+        let old_wake = w.sub("s").wake.clone().unwrap();
+        let ops = w.subs.delete("s");
+        w.record(ops);
+        assert!(w.subs.get("s").is_none());
+        assert!(w.subs.delete("s").is_empty());
+        assert!(w.subs.interested("events/a").is_empty());
+        let old = report(1, &old_wake.id, &[], true);
+        assert_eq!(w.subs.report("s", &old, 1, w.tails(), ids()), Err(Refusal::NotFound));
+        // Created again, it starts past the old generation.
+        w.create("s", webhook("events/*"));
+        w.append("events/a", 1, 2);
+        let sub = w.sub("s");
+        assert_eq!(sub.generation, 2);
+        assert_eq!(w.subs.report("s", &old, 3, w.tails(), ids()), Err(Refusal::Fenced));
+    }
+}
