@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod glob;
+pub(crate) mod log;
 pub(crate) mod signing;
 pub(crate) mod state;
 pub(crate) mod target;

@@ -306,7 +306,12 @@ impl Subscriptions {
             }
         }
         for path in &config.streams {
-            ops.push(link(id, path, true, tails.get(path.as_str()).copied().unwrap_or(0)));
+            ops.push(link(
+                id,
+                path,
+                true,
+                tails.get(path.as_str()).copied().unwrap_or(0),
+            ));
         }
         Ok((ops, true))
     }
@@ -331,7 +336,9 @@ impl Subscriptions {
     ) -> Result<Vec<Op>, Refusal> {
         let sub = self.all.get(id).ok_or(Refusal::NotFound)?;
         if let Some(bad) = paths.iter().find(|p| p.is_empty() || p.starts_with('/')) {
-            return Err(Refusal::Invalid(format!("stream {bad:?} is not a stream name")));
+            return Err(Refusal::Invalid(format!(
+                "stream {bad:?} is not a stream name"
+            )));
         }
         Ok(paths
             .iter()
@@ -449,7 +456,12 @@ impl Subscriptions {
         wake_id: impl FnMut() -> String,
     ) -> Result<(Vec<Op>, bool), Refusal> {
         let sub = self.all.get(id).ok_or(Refusal::NotFound)?;
-        let wake = current_wake(sub, report.token_generation, report.generation, &report.wake_id)?;
+        let wake = current_wake(
+            sub,
+            report.token_generation,
+            report.generation,
+            &report.wake_id,
+        )?;
         let mut acks = BTreeMap::new();
         for (path, offset) in &report.acks {
             let link = sub
@@ -508,27 +520,31 @@ impl Subscriptions {
         Ok(self.finish_and_rewake(sub, finish, now_ms, tails, wake_id))
     }
 
-    /// `POST .../release`: gives the wake back unfinished.
+    /// `POST .../release`: gives the wake back unfinished (the report's
+    /// acks and `done` are not looked at).
     pub(crate) fn release(
         &self,
         id: &str,
-        token_generation: u64,
-        generation: u64,
-        wake_id: &str,
+        report: &Report,
         now_ms: u64,
         tails: impl Fn(&str) -> Option<u64>,
-        new_wake_id: impl FnMut() -> String,
+        wake_id: impl FnMut() -> String,
     ) -> Result<(Vec<Op>, bool), Refusal> {
         let sub = self.all.get(id).ok_or(Refusal::NotFound)?;
-        current_wake(sub, token_generation, generation, wake_id)?;
+        current_wake(
+            sub,
+            report.token_generation,
+            report.generation,
+            &report.wake_id,
+        )?;
         let finish = Op::Ack {
             id: id.to_owned(),
-            generation,
+            generation: sub.generation,
             acks: BTreeMap::new(),
             lease_until_ms: None,
             finish: true,
         };
-        Ok(self.finish_and_rewake(sub, finish, now_ms, tails, new_wake_id))
+        Ok(self.finish_and_rewake(sub, finish, now_ms, tails, wake_id))
     }
 
     /// Leases that ran out by `now_ms`: their wakes end, and pending work
@@ -557,7 +573,10 @@ impl Subscriptions {
                     lease_until_ms: None,
                     finish: true,
                 };
-                ops.extend(self.finish_and_rewake(sub, finish, now_ms, &tails, &mut wake_id).0);
+                ops.extend(
+                    self.finish_and_rewake(sub, finish, now_ms, &tails, &mut wake_id)
+                        .0,
+                );
             }
         }
         ops
@@ -606,7 +625,11 @@ impl Subscriptions {
                 if self.all.contains_key(id) {
                     return;
                 }
-                if let Some(p) = config.pattern.as_deref().and_then(|p| Pattern::parse(p).ok()) {
+                if let Some(p) = config
+                    .pattern
+                    .as_deref()
+                    .and_then(|p| Pattern::parse(p).ok())
+                {
                     self.patterns.insert(p, id.clone());
                 }
                 self.tombstones.remove(id);
@@ -627,7 +650,12 @@ impl Subscriptions {
                 let Some(sub) = self.all.remove(id) else {
                     return;
                 };
-                if let Some(p) = sub.config.pattern.as_deref().and_then(|p| Pattern::parse(p).ok()) {
+                if let Some(p) = sub
+                    .config
+                    .pattern
+                    .as_deref()
+                    .and_then(|p| Pattern::parse(p).ok())
+                {
                     self.patterns.remove(&p, id);
                 }
                 for (path, link) in &sub.links {
@@ -653,7 +681,10 @@ impl Subscriptions {
                 });
                 if *explicit {
                     link.explicit = true;
-                    self.named.entry(path.clone()).or_default().insert(id.clone());
+                    self.named
+                        .entry(path.clone())
+                        .or_default()
+                        .insert(id.clone());
                 } else {
                     link.glob = true;
                 }
@@ -929,7 +960,13 @@ mod tests {
         assert!(Config::new(d(), None, vec!["/a".into()], None, None).is_err());
         assert!(Config::new(d(), Some("a".into()), vec![], Some(999), None).is_err());
         assert!(Config::new(d(), Some("a".into()), vec![], Some(600_001), None).is_err());
-        let c = Config::new(d(), None, vec!["b".into(), "a".into(), "b".into()], None, None);
+        let c = Config::new(
+            d(),
+            None,
+            vec!["b".into(), "a".into(), "b".into()],
+            None,
+            None,
+        );
         let c = c.unwrap();
         assert_eq!(c.streams, ["a", "b"]);
         assert_eq!(c.lease_ttl_ms, DEFAULT_LEASE_TTL_MS);
@@ -963,8 +1000,14 @@ mod tests {
         w.tails.insert("events/a".into(), 5);
         let tails = w.tails.clone();
         let decide = |n: &str| {
-            w.subs
-                .appended("events/a", 0, 5, 0, |p| tails.get(p).copied(), || n.to_owned())
+            w.subs.appended(
+                "events/a",
+                0,
+                5,
+                0,
+                |p| tails.get(p).copied(),
+                || n.to_owned(),
+            )
         };
         let (first, second) = (decide("w-a"), decide("w-b"));
         w.record(first);
@@ -972,7 +1015,10 @@ mod tests {
         // first it changes nothing.
         w.record(second);
         let sub = w.sub("s");
-        assert_eq!((sub.generation, sub.wake.as_ref().unwrap().id.as_str()), (1, "w-a"));
+        assert_eq!(
+            (sub.generation, sub.wake.as_ref().unwrap().id.as_str()),
+            (1, "w-a")
+        );
     }
 
     #[test]
@@ -1029,10 +1075,16 @@ mod tests {
         w.append("events/a", 1, 20);
         let current = w.sub("s").wake.as_ref().unwrap().id.clone();
         let mut stale = report(2, "not-it", &[], false);
-        assert_eq!(w.subs.report("s", &stale, 21, w.tails(), ids()), Err(Refusal::Fenced));
+        assert_eq!(
+            w.subs.report("s", &stale, 21, w.tails(), ids()),
+            Err(Refusal::Fenced)
+        );
         stale.wake_id = current.clone();
         stale.token_generation = 1;
-        assert_eq!(w.subs.report("s", &stale, 21, w.tails(), ids()), Err(Refusal::Fenced));
+        assert_eq!(
+            w.subs.report("s", &stale, 21, w.tails(), ids()),
+            Err(Refusal::Fenced)
+        );
         stale.token_generation = 2;
         assert!(w.subs.report("s", &stale, 21, w.tails(), ids()).is_ok());
     }
@@ -1044,7 +1096,10 @@ mod tests {
         w.append("events/a", 5, 0);
         let id = w.sub("s").wake.as_ref().unwrap().id.clone();
         let heartbeat = report(1, &id, &[("events/a", 3)], false);
-        let (ops, _) = w.subs.report("s", &heartbeat, 100, w.tails(), ids()).unwrap();
+        let (ops, _) = w
+            .subs
+            .report("s", &heartbeat, 100, w.tails(), ids())
+            .unwrap();
         w.record(ops);
         // The heartbeat moved the cursor and extended the lease.
         let sub = w.sub("s");
@@ -1092,10 +1147,8 @@ mod tests {
         let ops = w.subs.claim("p", "w2", 21, w.tails(), ids()).unwrap();
         w.record(ops);
         let wake = w.sub("p").wake.clone().unwrap();
-        let (ops, again) = w
-            .subs
-            .release("p", 2, 2, &wake.id, 22, w.tails(), ids())
-            .unwrap();
+        let release = report(2, &wake.id, &[], false);
+        let (ops, again) = w.subs.release("p", &release, 22, w.tails(), ids()).unwrap();
         w.record(ops);
         assert!(again);
         let sub = w.sub("p");
@@ -1132,7 +1185,10 @@ mod tests {
         assert_eq!(sub.wake.as_ref().unwrap().holder, None);
         // The old holder's ack is fenced.
         let old = report(1, "w101", &[("events/a", 5)], true);
-        assert_eq!(w.subs.report("p", &old, 1_001, w.tails(), ids()), Err(Refusal::Fenced));
+        assert_eq!(
+            w.subs.report("p", &old, 1_001, w.tails(), ids()),
+            Err(Refusal::Fenced)
+        );
     }
 
     #[test]
@@ -1149,7 +1205,11 @@ mod tests {
         assert!(sub.links["events/a"].explicit && sub.links["events/a"].glob);
         assert_eq!(sub.links["manual/b"].acked, 0);
         // Adding again changes nothing.
-        assert!(w.subs.add_streams("s", &["manual/b".into()], w.tails()).unwrap().is_empty());
+        assert!(w
+            .subs
+            .add_streams("s", &["manual/b".into()], w.tails())
+            .unwrap()
+            .is_empty());
         // An append to a named stream wakes the subscription.
         w.append("manual/b", 2, 0);
         assert_eq!(w.sub("s").generation, 1);
@@ -1185,12 +1245,18 @@ mod tests {
         assert!(w.subs.delete("s").is_empty());
         assert!(w.subs.interested("events/a").is_empty());
         let old = report(1, &old_wake.id, &[], true);
-        assert_eq!(w.subs.report("s", &old, 1, w.tails(), ids()), Err(Refusal::NotFound));
+        assert_eq!(
+            w.subs.report("s", &old, 1, w.tails(), ids()),
+            Err(Refusal::NotFound)
+        );
         // Created again, it starts past the old generation.
         w.create("s", webhook("events/*"));
         w.append("events/a", 1, 2);
         let sub = w.sub("s");
         assert_eq!(sub.generation, 2);
-        assert_eq!(w.subs.report("s", &old, 3, w.tails(), ids()), Err(Refusal::Fenced));
+        assert_eq!(
+            w.subs.report("s", &old, 3, w.tails(), ids()),
+            Err(Refusal::Fenced)
+        );
     }
 }
