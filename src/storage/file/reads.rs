@@ -1,5 +1,5 @@
-//! Reads: plan the slices of the log a range needs, then `pread` them with
-//! neighbours coalesced.
+//! Reads: plan the slices of the log a range needs, then read them with
+//! neighbours coalesced, each run of slices in one scattered read.
 
 use std::fs::File;
 use std::io;
@@ -184,8 +184,10 @@ fn read_scattered(slices: &[Slice], payload: usize, wait: Wait) -> io::Result<Op
 /// takes 1,024).
 const MAX_IOVECS: usize = if cfg!(target_os = "linux") { 1024 } else { 16 };
 
-/// One `preadv`, retried on `EINTR`: `None` if `wait` is [`Wait::Never`] and
-/// the read would have to wait for the disk.
+/// One read into `bufs` at `offset`, retried on `EINTR`: `None` if `wait` is
+/// [`Wait::Never`] and the read would have to wait for the disk (or the
+/// system cannot tell). On Linux this is `preadv`, or `preadv2` with
+/// `RWF_NOWAIT` when the read must not wait.
 #[cfg(target_os = "linux")]
 fn preadv(
     file: &File,
@@ -197,13 +199,15 @@ fn preadv(
     use std::sync::atomic::{AtomicBool, Ordering};
     /// Set once the kernel or file system says it cannot do `RWF_NOWAIT`.
     static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
-    let flags = match wait {
-        Wait::Disk => ReadWriteFlags::empty(),
-        Wait::Never if UNSUPPORTED.load(Ordering::Relaxed) => return Ok(None),
-        Wait::Never => ReadWriteFlags::NOWAIT,
-    };
     loop {
-        match rustix::io::preadv2(file, bufs, offset, flags) {
+        let result = match wait {
+            // Plain `preadv` (Linux 2.6.30) where waiting is fine, so that a
+            // kernel or sandbox without `preadv2` still reads.
+            Wait::Disk => rustix::io::preadv(file, bufs, offset),
+            Wait::Never if UNSUPPORTED.load(Ordering::Relaxed) => return Ok(None),
+            Wait::Never => rustix::io::preadv2(file, bufs, offset, ReadWriteFlags::NOWAIT),
+        };
+        match result {
             Ok(n) => return Ok(Some(n)),
             Err(Errno::INTR) => {}
             Err(Errno::AGAIN) if wait == Wait::Never => return Ok(None),
@@ -216,6 +220,8 @@ fn preadv(
     }
 }
 
+/// Elsewhere, one `pread` into the first buffer (the caller moves on by what
+/// was read), which every Unix has; reads that must not wait are not made.
 #[cfg(not(target_os = "linux"))]
 fn preadv(
     file: &File,
@@ -226,8 +232,11 @@ fn preadv(
     if wait == Wait::Never {
         return Ok(None);
     }
+    let Some(first) = bufs.iter_mut().find(|b| !b.is_empty()) else {
+        return Ok(Some(0));
+    };
     loop {
-        match rustix::io::preadv(file, bufs, offset) {
+        match rustix::io::pread(file, &mut first[..], offset) {
             Ok(n) => return Ok(Some(n)),
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
