@@ -99,9 +99,10 @@ impl fmt::Display for Pattern {
     }
 }
 
-/// Matches segment by segment; a `**` tries every split, at most once per
-/// position thanks to the memo, so the cost is bounded by the product of the
-/// two lengths, never exponential.
+/// Matches segment by segment, memoised on (pattern position, name
+/// position): each pair is decided once and in constant time (a `**` either
+/// ends here or takes one more segment), so the cost is bounded by the
+/// product of the two lengths, never exponential.
 fn matches_from(pattern: &[Segment], parts: &[&str]) -> bool {
     let mut memo = vec![None; (pattern.len() + 1) * (parts.len() + 1)];
     step(pattern, parts, 0, 0, &mut memo)
@@ -120,7 +121,10 @@ fn step(
     }
     let result = match pattern.get(p) {
         None => n == parts.len(),
-        Some(Segment::Any) => (n..=parts.len()).any(|k| step(pattern, parts, p + 1, k, memo)),
+        Some(Segment::Any) => {
+            step(pattern, parts, p + 1, n, memo)
+                || (n < parts.len() && step(pattern, parts, p, n + 1, memo))
+        }
         Some(_) if n == parts.len() => false,
         Some(Segment::One) => step(pattern, parts, p + 1, n + 1, memo),
         Some(Segment::Literal(l)) => l == parts[n] && step(pattern, parts, p + 1, n + 1, memo),

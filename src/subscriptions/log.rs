@@ -30,10 +30,17 @@ const LOG_PATH: &str = "/__ds/subscriptions";
 const MAX_ATTEMPTS: usize = 16;
 
 /// One appended entry: a change's operations under their version.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 struct Entry {
     v: u64,
     ops: Vec<Op>,
+}
+
+/// An entry as read back, its operations not yet decoded.
+#[derive(Debug, Deserialize)]
+struct RawEntry {
+    v: u64,
+    ops: Vec<serde_json::Value>,
 }
 
 /// The state, folded from the log up to `offset`.
@@ -106,14 +113,23 @@ impl Log {
                 .iter()
                 .flat_map(|b| b.iter().copied())
                 .collect();
-            let entries: Vec<Entry> = serde_json::from_slice(&array).map_err(|e| {
+            let entries: Vec<RawEntry> = serde_json::from_slice(&array).map_err(|e| {
                 StreamError::Storage(StorageError::Corrupt(format!(
                     "the subscription log cannot be read: {e}"
                 )))
             })?;
             for entry in entries {
-                for op in &entry.ops {
-                    folded.subs.apply(op);
+                for op in entry.ops {
+                    // An operation this version does not know (written by a
+                    // newer one sharing the store) is skipped, not fatal.
+                    match serde_json::from_value::<Op>(op) {
+                        Ok(op) => folded.subs.apply(&op),
+                        Err(e) => tracing::warn!(
+                            version = entry.v,
+                            error = %e,
+                            "skipped a subscription change this version does not understand"
+                        ),
+                    }
                 }
                 folded.version = entry.v;
             }
@@ -167,7 +183,11 @@ impl Log {
             match self.engine.append(&self.key, request).await {
                 Ok(_) => {
                     // Version `v` was free, so nothing came between: fold it.
-                    self.catch_up(&mut folded).await?;
+                    // The change is recorded even if this read fails (the
+                    // next look folds it), so the caller gets its answer.
+                    if let Err(e) = self.catch_up(&mut folded).await {
+                        tracing::warn!(error = %e, "a recorded subscription change is not folded yet");
+                    }
                     return Ok(answer);
                 }
                 // Another instance wrote version `v` first.

@@ -44,7 +44,7 @@ impl SigningKey {
     /// A new random key, from the operating system's generator.
     pub(crate) fn generate() -> std::io::Result<SigningKey> {
         let mut seed = [0u8; 32];
-        getrandom::getrandom(&mut seed).map_err(|e| std::io::Error::other(e.to_string()))?;
+        getrandom::getrandom(&mut seed).map_err(std::io::Error::other)?;
         Ok(SigningKey::from_seed(&seed))
     }
 

@@ -58,10 +58,16 @@ impl Config {
         if let Some(p) = &pattern {
             Pattern::parse(p).map_err(|e| Refusal::Invalid(format!("pattern {p:?}: {e}")))?;
         }
-        if let Some(bad) = streams.iter().find(|s| s.is_empty() || s.starts_with('/')) {
-            return Err(Refusal::Invalid(format!(
-                "stream {bad:?}: streams are named relative to the stream root, without a leading /"
-            )));
+        for name in &streams {
+            check_name(name)?;
+        }
+        if let Delivery::PullWake { wake_stream } = &delivery {
+            check_name(wake_stream)?;
+            if streams.contains(wake_stream) {
+                return Err(Refusal::Invalid(
+                    "a pull-wake subscription cannot include its own wake stream".into(),
+                ));
+            }
         }
         let lease_ttl_ms = lease_ttl_ms.unwrap_or(DEFAULT_LEASE_TTL_MS);
         if !LEASE_TTL_MS.contains(&lease_ttl_ms) {
@@ -81,6 +87,25 @@ impl Config {
             description,
         })
     }
+}
+
+/// Checks a stream name as given in a subscription: relative to the stream
+/// root (no leading `/`), spelled as the stream's own path is, and not under
+/// the reserved `__ds` (where the subscriptions' own log lives).
+pub(crate) fn check_name(name: &str) -> Result<(), Refusal> {
+    if name.starts_with('/') {
+        return Err(Refusal::Invalid(format!(
+            "stream {name:?}: streams are named relative to the stream root, without a leading /"
+        )));
+    }
+    crate::engine::Key::parse(&format!("/{name}"))
+        .map(drop)
+        .map_err(|e| Refusal::Invalid(format!("stream {name:?}: {e}")))
+}
+
+/// Whether `path` is under the reserved prefix, which no subscription sees.
+fn reserved(path: &str) -> bool {
+    path == "__ds" || path.starts_with("__ds/")
 }
 
 /// One linked stream.
@@ -250,6 +275,9 @@ impl Subscriptions {
     /// The subscriptions that `path` (a stream's name relative to the root,
     /// no leading `/`) belongs to or would be linked to by its pattern.
     pub(crate) fn interested(&self, path: &str) -> BTreeSet<&str> {
+        if reserved(path) {
+            return BTreeSet::new();
+        }
         let mut ids: BTreeSet<&str> = self
             .patterns
             .matching(path)
@@ -260,9 +288,10 @@ impl Subscriptions {
             ids.extend(named.iter().map(String::as_str));
         }
         // A subscription's own wake stream never wakes it.
-        ids.retain(|id| {
-            !matches!(&self.all[*id].config.delivery,
-                Delivery::PullWake { wake_stream } if wake_stream == path)
+        ids.retain(|id| match self.all.get(*id) {
+            Some(sub) => !matches!(&sub.config.delivery,
+                Delivery::PullWake { wake_stream } if wake_stream == path),
+            None => false,
         });
         ids
     }
@@ -301,7 +330,7 @@ impl Subscriptions {
         let tails: HashMap<&str, u64> = existing.iter().map(|(p, t)| (p.as_str(), *t)).collect();
         for (path, tail) in existing {
             let glob = pattern.as_ref().is_some_and(|p| p.matches(path));
-            if glob && own_wake_stream.as_deref() != Some(path) {
+            if glob && !reserved(path) && own_wake_stream.as_deref() != Some(path) {
                 ops.push(link(id, path, false, *tail));
             }
         }
@@ -335,10 +364,15 @@ impl Subscriptions {
         tails: impl Fn(&str) -> Option<u64>,
     ) -> Result<Vec<Op>, Refusal> {
         let sub = self.all.get(id).ok_or(Refusal::NotFound)?;
-        if let Some(bad) = paths.iter().find(|p| p.is_empty() || p.starts_with('/')) {
-            return Err(Refusal::Invalid(format!(
-                "stream {bad:?} is not a stream name"
-            )));
+        for path in paths {
+            check_name(path)?;
+            if matches!(&sub.config.delivery,
+                Delivery::PullWake { wake_stream } if wake_stream == path)
+            {
+                return Err(Refusal::Invalid(
+                    "a pull-wake subscription cannot include its own wake stream".into(),
+                ));
+            }
         }
         Ok(paths
             .iter()
@@ -374,7 +408,9 @@ impl Subscriptions {
     ) -> Vec<Op> {
         let mut ops = Vec::new();
         for id in self.interested(path) {
-            let sub = &self.all[id];
+            let Some(sub) = self.all.get(id) else {
+                continue;
+            };
             let mut acked = sub.links.get(path).map(|l| l.acked);
             if acked.is_none() {
                 ops.push(link(id, path, false, before));
@@ -531,6 +567,11 @@ impl Subscriptions {
         wake_id: impl FnMut() -> String,
     ) -> Result<(Vec<Op>, bool), Refusal> {
         let sub = self.all.get(id).ok_or(Refusal::NotFound)?;
+        if !sub.is_pull_wake() {
+            return Err(Refusal::Invalid(
+                "only a pull-wake subscription's wake can be released".into(),
+            ));
+        }
         current_wake(
             sub,
             report.token_generation,
@@ -559,7 +600,9 @@ impl Subscriptions {
         let mut ids: Vec<&String> = self.all.keys().collect();
         ids.sort();
         for id in ids {
-            let sub = &self.all[id];
+            let Some(sub) = self.all.get(id) else {
+                continue;
+            };
             let over = sub
                 .wake
                 .as_ref()
@@ -602,7 +645,6 @@ impl Subscriptions {
             }
         }
         after.wake = None;
-        after.generation = sub.generation;
         let pending = after.pending(&tails);
         let mut ops = vec![finish];
         if pending.is_empty() {
@@ -771,8 +813,11 @@ impl Subscriptions {
                 attempt,
                 at_ms,
             } => {
+                // Only for the wake it was about: a delivery that failed after
+                // its wake ended (the receiver called back `done`, then the
+                // POST timed out) changes nothing.
                 if let Some(sub) = self.all.get_mut(id) {
-                    if sub.generation == *generation {
+                    if sub.generation == *generation && sub.wake.is_some() {
                         sub.retry = Some((*attempt, *at_ms));
                     }
                 }
@@ -1222,6 +1267,57 @@ mod tests {
         assert!(!sub.links["events/a"].explicit && sub.links["events/a"].glob);
         assert!(w.subs.interested("manual/b").is_empty());
         assert_eq!(w.subs.remove_stream("x", "a"), Err(Refusal::NotFound));
+    }
+
+    #[test]
+    fn reserved_and_misspelled_names_are_refused_and_never_matched() {
+        let d = || Delivery::Webhook { url: "x".into() };
+        for bad in ["__ds/subscriptions", "a//b", "a/%7E", "a/../b"] {
+            assert!(
+                Config::new(d(), None, vec![bad.into()], None, None).is_err(),
+                "{bad}"
+            );
+        }
+        let own = Delivery::PullWake {
+            wake_stream: "wake/pool".into(),
+        };
+        assert!(Config::new(own, None, vec!["wake/pool".into()], None, None).is_err());
+        let reserved = Delivery::PullWake {
+            wake_stream: "__ds/subscriptions".into(),
+        };
+        assert!(Config::new(reserved, Some("**".into()), vec![], None, None).is_err());
+        let mut w = World::default();
+        w.tails.insert("__ds/subscriptions".into(), 100);
+        w.create("s", webhook("**"));
+        assert!(!w.sub("s").links.contains_key("__ds/subscriptions"));
+        w.append("__ds/subscriptions", 10, 0);
+        assert!(w.sub("s").wake.is_none());
+        w.create("p", pull("**"));
+        assert!(w
+            .subs
+            .add_streams("p", &["wake/pool".into()], w.tails())
+            .is_err());
+    }
+
+    #[test]
+    fn a_failed_delivery_after_its_wake_ended_changes_nothing() {
+        let mut w = World::default();
+        w.create("s", webhook("events/*"));
+        w.append("events/a", 5, 0);
+        let wake_id = w.sub("s").wake.as_ref().unwrap().id.clone();
+        let done = report(1, &wake_id, &[("events/a", 5)], true);
+        let (ops, _) = w.subs.report("s", &done, 1, w.tails(), ids()).unwrap();
+        w.record(ops);
+        // The POST that carried the wake then timed out.
+        w.record(vec![Op::Retry {
+            id: "s".into(),
+            generation: 1,
+            attempt: 1,
+            at_ms: 1_000,
+        }]);
+        assert_eq!(w.sub("s").retry, None);
+        w.append("events/a", 1, 2);
+        assert_eq!(w.sub("s").generation, 2, "later appends still wake it");
     }
 
     #[test]

@@ -91,6 +91,10 @@ pub(crate) fn check_url(text: &str, allow_development: bool) -> Result<Target, R
     if http {
         return Err(rejected("the webhook URL must be https"));
     }
+    if host.starts_with('[') && literal_ip(host).is_none() {
+        // Brackets hold an IPv6 literal and nothing else (a zone id, say).
+        return Err(rejected("the webhook URL's host is not a valid address"));
+    }
     if let Some(ip) = literal_ip(host) {
         if !is_public(ip) {
             return Err(rejected(format!(
@@ -161,13 +165,22 @@ fn looks_like_public_name(host: &str) -> bool {
     if host.split('.').all(numeric) {
         return false;
     }
-    const SPECIAL: [&str; 6] = [
+    const SPECIAL: [&str; 15] = [
         ".localhost",
         ".local",
         ".internal",
         ".localdomain",
         ".home.arpa",
         ".in-addr.arpa",
+        ".ip6.arpa",
+        ".test",
+        ".invalid",
+        ".example",
+        ".onion",
+        ".lan",
+        ".corp",
+        ".home",
+        ".intranet",
     ];
     !SPECIAL.iter().any(|suffix| host.ends_with(suffix))
 }
@@ -234,7 +247,16 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         // 2001:db8::/32, documentation.
         || (first == 0x2001 && ip.segments()[1] == 0x0db8)
         // ::/96, IPv4-compatible (deprecated), and other addresses in ::/8.
-        || first == 0)
+        || first == 0
+        // 100::/64, discard.
+        || (first == 0x0100 && ip.segments()[1..4] == [0, 0, 0])
+        // 2002::/16 (6to4) and 2001::/32 (Teredo) carry an IPv4 address of
+        // any kind; 64:ff9b:1::/48 is NAT64 for local use.
+        || first == 0x2002
+        || (first == 0x2001 && ip.segments()[1] == 0)
+        || (first == 0x0064 && ip.segments()[1] == 0xff9b && ip.segments()[2] == 1)
+        // 3fff::/20, documentation.
+        || (first == 0x3fff && ip.segments()[1] & 0xf000 == 0))
 }
 
 #[cfg(test)]
@@ -295,6 +317,14 @@ mod tests {
             "https://[::ffff:10.0.0.1]/",
             "https://[::ffff:127.0.0.1]/",
             "https://[64:ff9b::a9fe:a9fe]/",
+            "https://[::ffff:127.0.0.1%25x]/",
+            "https://[fe80::1%25a.b]/",
+            "https://[2002:a00:1::1]/",
+            "https://[2001:0:4136:e378::1]/",
+            "https://[64:ff9b:1::a00:1]/",
+            "https://[3fff::1]/",
+            "https://hooks.test/",
+            "https://x.corp/",
             "https://printer/",
             "https://db.internal/",
             "https://a.localhost/",
