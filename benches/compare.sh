@@ -36,7 +36,8 @@ mkdir -p "$keep"
 load() { "${pin_load[@]}" "$bin/loadgen" "$@" --url "$url" --json 2>>"$work/load.err" || true; }
 
 # Prints the table row of server $1, workload $2 from the result files $3...:
-# the round with the median primary figure, and the range over the rounds.
+# the round with the median primary figure (the better middle one of an even
+# count), and the range over the rounds.
 row() {
   python3 - "$@" <<'PY'
 import json, sys
@@ -67,7 +68,8 @@ r = runs[(len(runs) - 1) // 2] if w == "fanout" else runs[len(runs) // 2]
 spread = ""
 if len(files) > 1:
     lo, hi = fmt.format(runs[0][key]), fmt.format(runs[-1][key])
-    spread = f"; median of {len(files)} rounds ({lo} to {hi}"
+    which = "median" if len(runs) % 2 else "better middle"
+    spread = f"; {which} of {len(files)} rounds ({lo} to {hi}"
     spread += f", {failed} failed)" if failed else ")"
 cpu = r.get("cpu") or {}
 cpu_note = ""
