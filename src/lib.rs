@@ -85,6 +85,8 @@ pub use service::{
 };
 pub use storage::{MemoryStorage, Storage, StorageError};
 pub use streams::Streams;
+#[cfg(feature = "unstable-subscriptions")]
+pub use subscriptions::SubscriptionOptions;
 
 /// The crate's pure protocol helpers, for its own micro-benchmarks only: not
 /// part of the public API, and may change in any release.

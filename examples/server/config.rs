@@ -41,6 +41,21 @@ pub struct Config {
     pub tls: TlsSection,
     pub metrics: MetricsSection,
     pub log: LogSection,
+    pub subscriptions: SubscriptionsSection,
+}
+
+/// The subscription APIs (webhooks and pull-wake workers): unstable, and
+/// only in a server built with the `unstable-subscriptions` feature.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionsSection {
+    /// Serve them (off by default).
+    pub enabled: bool,
+    /// Also accept `http` webhooks to localhost and 127.0.0.x (development).
+    pub allow_development_webhooks: bool,
+    /// The webhook signing key's 32-byte seed, base64url; every instance over
+    /// one store needs the same. Without it each start makes a new key.
+    pub signing_seed: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

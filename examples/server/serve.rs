@@ -155,6 +155,7 @@ fn open(
             0 => builder,
             limit => builder.max_stream_bytes(limit),
         };
+        let builder = subscriptions(builder, &config);
         #[cfg(feature = "metrics")]
         let builder = if config.metrics.enabled {
             builder.metrics(metrics)
@@ -370,6 +371,50 @@ pub async fn serve(config: Config) {
         tracing::info!(storage = %figures.summary, "stopped");
         eprintln!("storage: {}", figures.summary);
     }
+}
+
+/// The subscription APIs, if the settings ask for them.
+#[cfg(feature = "unstable-subscriptions")]
+fn subscriptions(
+    builder: tower_durable_streams::Builder,
+    config: &Config,
+) -> tower_durable_streams::Builder {
+    use base64::Engine as _;
+    let section = &config.subscriptions;
+    if !section.enabled {
+        return builder;
+    }
+    let mut options = tower_durable_streams::SubscriptionOptions::new()
+        .allow_development_webhooks(section.allow_development_webhooks);
+    if let Some(seed) = &section.signing_seed {
+        let seed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(seed.trim_end_matches('='))
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .unwrap_or_else(|| {
+                fail(
+                    "subscriptions.signing_seed must be 32 bytes in base64url",
+                    2,
+                )
+            });
+        options = options.signing_seed(seed);
+    }
+    tracing::warn!("the subscription APIs are on: they are unstable and not authorized yet");
+    builder.subscriptions(options)
+}
+
+#[cfg(not(feature = "unstable-subscriptions"))]
+fn subscriptions(
+    builder: tower_durable_streams::Builder,
+    config: &Config,
+) -> tower_durable_streams::Builder {
+    if config.subscriptions.enabled {
+        fail(
+            "subscriptions.enabled needs a server built with the unstable-subscriptions feature",
+            2,
+        );
+    }
+    builder
 }
 
 /// Where a request goes.

@@ -125,7 +125,9 @@ impl Engine {
         match outcome {
             CreateOutcome::Created => {
                 let mut record = record;
+                let before = record.tail;
                 record.tail += initial.len() as u64;
+                self.observed(key, before, record.tail);
                 let created = Created {
                     created: true,
                     config: Arc::new(record.config.clone()),

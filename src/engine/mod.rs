@@ -228,6 +228,15 @@ pub(crate) struct Engine {
     loaded: OnceCell<()>,
     limits: Limits,
     sweeper: Sweeper,
+    /// Told of every append and of creates with data.
+    observer: std::sync::OnceLock<Arc<dyn AppendObserver>>,
+}
+
+/// Told of data written to a stream (the subscriptions' hook): `before` and
+/// `after` are the stream's tail around the write. Called on the writer's
+/// task after the write is durable; it must not block.
+pub(crate) trait AppendObserver: Send + Sync {
+    fn appended(&self, key: &Key, before: u64, after: u64);
 }
 
 impl std::fmt::Debug for Engine {
@@ -240,6 +249,21 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// Sets the observer of appends; `false` if one is set already.
+    #[cfg(feature = "unstable-subscriptions")]
+    pub(crate) fn observe(&self, observer: Arc<dyn AppendObserver>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    /// Tells the observer, if any, of a write.
+    fn observed(&self, key: &Key, before: u64, after: u64) {
+        if let Some(observer) = self.observer.get() {
+            if after > before {
+                observer.appended(key, before, after);
+            }
+        }
+    }
+
     /// An engine over `storage`. Its expiry sweeper stops when `shutdown` is
     /// cancelled or the engine is dropped.
     pub(crate) fn new(
@@ -261,6 +285,7 @@ impl Engine {
                 registry: Registry::default(),
                 loaded: OnceCell::new(),
                 sweeper: Sweeper::new(weak.clone(), limits.sweep_interval, shutdown.child_token()),
+                observer: std::sync::OnceLock::new(),
                 limits: Limits {
                     max_read_bytes: limits.max_read_bytes.max(1),
                     max_response_bytes: limits.max_response_bytes.max(1),

@@ -66,6 +66,11 @@ pub enum BuildError {
         /// The largest body.
         append: usize,
     },
+    /// The subscriptions' signing key could not be made (the system's
+    /// random source failed).
+    #[cfg(feature = "unstable-subscriptions")]
+    #[error("the webhook signing key could not be made: {0}")]
+    SigningKey(String),
 }
 
 /// Configures a [`DurableStreamsService`].
@@ -106,6 +111,8 @@ pub struct Builder {
     min_body_rate: u64,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::Metrics>,
+    #[cfg(feature = "unstable-subscriptions")]
+    subscriptions: Option<crate::SubscriptionOptions>,
 }
 
 impl Default for Builder {
@@ -132,6 +139,8 @@ impl Default for Builder {
             min_body_rate: 1_024,
             #[cfg(feature = "metrics")]
             metrics: None,
+            #[cfg(feature = "unstable-subscriptions")]
+            subscriptions: None,
         }
     }
 }
@@ -343,6 +352,32 @@ impl Builder {
         self
     }
 
+    /// Serves the subscription APIs under `__ds` (PROTOCOL.md sections 6
+    /// and 7: webhooks and pull-wake workers), which otherwise answer 404.
+    ///
+    /// **Unstable and incomplete** (feature `unstable-subscriptions`): the
+    /// routes are not authorized through [`Builder::authorizer`] yet, and
+    /// webhooks are delivered over plain `http` only (to the development
+    /// URLs [`SubscriptionOptions::allow_development_webhooks`]
+    /// permits). Do not turn it on where untrusted clients reach the service.
+    ///
+    /// [`SubscriptionOptions::allow_development_webhooks`]: crate::SubscriptionOptions::allow_development_webhooks
+    ///
+    /// ```
+    /// use tower_durable_streams::{Builder, SubscriptionOptions};
+    ///
+    /// let service = Builder::new()
+    ///     .subscriptions(SubscriptionOptions::new())
+    ///     .build()
+    ///     .expect("valid settings");
+    /// # let _ = service;
+    /// ```
+    #[cfg(feature = "unstable-subscriptions")]
+    pub fn subscriptions(mut self, options: crate::SubscriptionOptions) -> Self {
+        self.subscriptions = Some(options);
+        self
+    }
+
     /// Checks the settings and builds the service.
     pub fn build(self) -> Result<DurableStreamsService, BuildError> {
         if let Some(base) = &self.base_path {
@@ -410,9 +445,20 @@ impl Builder {
             max_stream_bytes: self.max_stream_bytes.unwrap_or(u64::MAX),
             sweep_interval: self.expiry_sweep_interval,
         };
+        let engine = Engine::new(storage, limits, &shutdown);
+        #[cfg(feature = "unstable-subscriptions")]
+        let hub = match &self.subscriptions {
+            Some(options) => Some(
+                crate::subscriptions::hub::Hub::new(engine.clone(), options, shutdown.clone())
+                    .map_err(|e| BuildError::SigningKey(e.to_string()))?,
+            ),
+            None => None,
+        };
         Ok(DurableStreamsService {
             inner: Arc::new(Inner {
-                engine: Engine::new(storage, limits, &shutdown),
+                engine,
+                #[cfg(feature = "unstable-subscriptions")]
+                hub,
                 live_readers: Arc::new(Semaphore::new(self.max_live_readers)),
                 #[cfg(feature = "metrics")]
                 metrics: self.metrics,

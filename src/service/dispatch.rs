@@ -27,6 +27,12 @@ where
     B::Error: Into<BoxError>,
 {
     let (parts, body) = request.into_parts();
+    #[cfg(feature = "unstable-subscriptions")]
+    if let Some(hub) = &inner.hub {
+        if super::subscriptions::is_control(parts.uri.path()) {
+            return super::subscriptions::handle(inner.clone(), hub.clone(), parts, body).await;
+        }
+    }
     let key = Key::parse(parts.uri.path())?;
     // The authorizer is handed shared parts; without one, nothing is shared.
     let shared: Arc<Parts>;

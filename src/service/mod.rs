@@ -18,6 +18,8 @@ mod operations;
 mod problem;
 mod request;
 mod responses;
+#[cfg(feature = "unstable-subscriptions")]
+mod subscriptions;
 mod upload;
 
 #[cfg(feature = "unstable-fuzz")]
@@ -128,6 +130,8 @@ impl DurableStreamsService {
 
 pub(crate) struct Inner {
     engine: Arc<Engine>,
+    #[cfg(feature = "unstable-subscriptions")]
+    hub: Option<Arc<crate::subscriptions::hub::Hub>>,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::Metrics>,
     live_readers: Arc<Semaphore>,

@@ -287,6 +287,12 @@ pub(super) fn fork_source(inner: &Inner, value: &str) -> Result<Key, Problem> {
 /// a proxy's `Forwarded` (RFC 7239) or `X-Forwarded-Proto` /
 /// `X-Forwarded-Host` come first.
 fn location(inner: &Inner, parts: &Parts, key: &Key) -> Option<String> {
+    absolute_url(inner, parts, key.as_str())
+}
+
+/// The absolute URL of `path` (below the mount, with a leading `/`), as
+/// [`location`] makes it.
+pub(super) fn absolute_url(inner: &Inner, parts: &Parts, path: &str) -> Option<String> {
     let forwarded = if inner.trust_forwarded_headers {
         forwarded(&parts.headers)
     } else {
@@ -310,7 +316,7 @@ fn location(inner: &Inner, parts: &Parts, key: &Key) -> Option<String> {
         return None;
     }
     let base = inner.base_path.as_deref().unwrap_or("");
-    Some(format!("{scheme}://{host}{base}{key}"))
+    Some(format!("{scheme}://{host}{base}{path}"))
 }
 
 /// What a proxy says the client asked for.

@@ -17,6 +17,9 @@ pub(crate) struct Problem {
     pub code: &'static str,
     pub detail: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Also say the code as `error: {code, message, ...}` with these members
+    /// (the subscription APIs' clients read it there).
+    pub nested: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Problem {
@@ -26,7 +29,16 @@ impl Problem {
             code,
             detail: detail.into(),
             headers: Vec::new(),
+            nested: None,
         }
+    }
+
+    /// Adds the `error` member, with `extra` members beside its code and
+    /// message.
+    #[cfg(feature = "unstable-subscriptions")]
+    pub fn nested(mut self, extra: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.nested = Some(extra);
+        self
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -41,13 +53,18 @@ impl Problem {
     }
 
     pub fn into_response(self) -> Response<ResponseBody> {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": "about:blank",
             "title": self.status.canonical_reason().unwrap_or("Error"),
             "status": self.status.as_u16(),
             "code": self.code,
             "detail": self.detail,
         });
+        if let Some(mut error) = self.nested {
+            error.insert("code".into(), self.code.into());
+            error.insert("message".into(), self.detail.clone().into());
+            body["error"] = serde_json::Value::Object(error);
+        }
         let mut response = Response::new(ResponseBody::from(body.to_string()));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();

@@ -151,19 +151,20 @@ impl Log {
     }
 
     /// Decides a change on the latest state and records it: `decide`
-    /// returns the operations and the answer for the caller. If another
-    /// instance recorded a change first, the log is caught up and `decide`
-    /// runs again, so it must be a pure function of the state it is given.
+    /// returns the operations and the answer for the caller, who gets the
+    /// answer and the operations recorded. If another instance recorded a
+    /// change first, the log is caught up and `decide` runs again, so it
+    /// must be a pure function of the state it is given.
     pub(crate) async fn change<R>(
         &self,
         mut decide: impl FnMut(&Subscriptions) -> Result<(Vec<Op>, R), Refusal>,
-    ) -> Result<R, ChangeError> {
+    ) -> Result<(R, Vec<Op>), ChangeError> {
         let mut folded = self.folded.lock().await;
         for _ in 0..MAX_ATTEMPTS {
             self.catch_up(&mut folded).await?;
             let (ops, answer) = decide(&folded.subs)?;
             if ops.is_empty() {
-                return Ok(answer);
+                return Ok((answer, ops));
             }
             let entry = Entry {
                 v: folded.version + 1,
@@ -188,7 +189,7 @@ impl Log {
                     if let Err(e) = self.catch_up(&mut folded).await {
                         tracing::warn!(error = %e, "a recorded subscription change is not folded yet");
                     }
-                    return Ok(answer);
+                    return Ok((answer, entry.ops));
                 }
                 // Another instance wrote version `v` first.
                 Err(StreamError::SeqRegression { .. }) => {}
@@ -224,15 +225,15 @@ mod tests {
         pattern: &str,
     ) -> impl FnMut(&Subscriptions) -> Result<(Vec<Op>, bool), Refusal> {
         let (id, pattern) = (id.to_owned(), pattern.to_owned());
-        move |subs| subs.create(&id, config(&pattern), 0, &[])
+        move |subs| subs.create(&id, config(&pattern), 0, &[], None)
     }
 
     #[tokio::test]
     async fn changes_survive_reopening() {
         let engine = engine();
         let log = Log::open(engine.clone()).await.unwrap();
-        assert!(log.change(create("a", "x/*")).await.unwrap());
-        assert!(log.change(create("b", "y/*")).await.unwrap());
+        assert!(log.change(create("a", "x/*")).await.unwrap().0);
+        assert!(log.change(create("b", "y/*")).await.unwrap().0);
         // Refused changes record nothing.
         assert!(matches!(
             log.change(create("a", "other/*")).await,
@@ -253,14 +254,14 @@ mod tests {
         let engine = engine();
         let first = Log::open(engine.clone()).await.unwrap();
         let second = Log::open(engine).await.unwrap();
-        assert!(first.change(create("a", "x/*")).await.unwrap());
+        assert!(first.change(create("a", "x/*")).await.unwrap().0);
         // `second` had not seen it, but catches up before deciding: its
         // create of "a" with another pattern conflicts at once.
         let mut decisions = 0;
         let result = second
             .change(|subs| {
                 decisions += 1;
-                subs.create("a", config("y/*"), 0, &[])
+                subs.create("a", config("y/*"), 0, &[], None)
             })
             .await;
         assert!(matches!(
@@ -269,7 +270,7 @@ mod tests {
         ));
         assert_eq!(decisions, 1, "caught up before deciding");
         // Both now agree, and a change by either is seen by the other.
-        assert!(second.change(create("b", "y/*")).await.unwrap());
+        assert!(second.change(create("b", "y/*")).await.unwrap().0);
         let seen = first.read(|subs| subs.get("b").is_some()).await.unwrap();
         assert!(seen);
     }
@@ -289,12 +290,12 @@ mod tests {
                 if decisions == 1 {
                     let created =
                         futures_util::FutureExt::now_or_never(first_ref.change(create("a", "x/*")));
-                    assert!(matches!(created, Some(Ok(true))));
+                    assert!(matches!(created, Some(Ok((true, _)))));
                 }
-                subs.create("b", config("y/*"), 0, &[])
+                subs.create("b", config("y/*"), 0, &[], None)
             })
             .await;
-        assert!(result.unwrap());
+        assert!(result.unwrap().0);
         assert_eq!(decisions, 2, "decided again after the refused append");
         let both = second
             .read(|subs| subs.get("a").is_some() && subs.get("b").is_some())

@@ -139,6 +139,9 @@ pub(crate) struct Subscription {
     pub(crate) id: String,
     pub(crate) config: Config,
     pub(crate) created_at_ms: u64,
+    /// The public URL of the stream root, as the creating request saw it
+    /// (for the callback URLs in webhook deliveries).
+    pub(crate) base_url: Option<String>,
     pub(crate) links: BTreeMap<String, Link>,
     /// Counts wakes; a request for an older one is fenced.
     pub(crate) generation: u64,
@@ -175,6 +178,8 @@ pub(crate) enum Op {
         created_at_ms: u64,
         /// The generation to start from (past a deleted namesake's).
         generation: u64,
+        #[serde(default)]
+        base_url: Option<String>,
     },
     Delete {
         id: String,
@@ -272,6 +277,16 @@ impl Subscriptions {
         self.all.get(id)
     }
 
+    /// Every subscription.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Subscription> {
+        self.all.values()
+    }
+
+    /// How many there are.
+    pub(crate) fn len(&self) -> usize {
+        self.all.len()
+    }
+
     /// The subscriptions that `path` (a stream's name relative to the root,
     /// no leading `/`) belongs to or would be linked to by its pattern.
     pub(crate) fn interested(&self, path: &str) -> BTreeSet<&str> {
@@ -307,6 +322,7 @@ impl Subscriptions {
         config: Config,
         now_ms: u64,
         existing: &[(String, u64)],
+        base_url: Option<String>,
     ) -> Result<(Vec<Op>, bool), Refusal> {
         if let Some(current) = self.all.get(id) {
             return if current.config == config {
@@ -326,6 +342,7 @@ impl Subscriptions {
             config: config.clone(),
             created_at_ms: now_ms,
             generation: self.tombstones.get(id).copied().unwrap_or(0),
+            base_url,
         }];
         let tails: HashMap<&str, u64> = existing.iter().map(|(p, t)| (p.as_str(), *t)).collect();
         for (path, tail) in existing {
@@ -428,6 +445,29 @@ impl Subscriptions {
             }
         }
         ops
+    }
+
+    /// A wake for `id` if it is idle and has pending work: the sweeper's
+    /// safety net for a wake that no append hook recorded (an instance that
+    /// saw the wake still open when it took the append, say).
+    pub(crate) fn rewake_idle(
+        &self,
+        id: &str,
+        now_ms: u64,
+        tails: impl Fn(&str) -> Option<u64>,
+        mut wake_id: impl FnMut() -> String,
+    ) -> Vec<Op> {
+        let Some(sub) = self.all.get(id) else {
+            return Vec::new();
+        };
+        if sub.wake.is_some() {
+            return Vec::new();
+        }
+        let pending = sub.pending(&tails);
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        vec![wake_op(sub, pending, now_ms, &mut wake_id)]
     }
 
     /// `POST .../claim` by `worker`.
@@ -663,6 +703,7 @@ impl Subscriptions {
                 config,
                 created_at_ms,
                 generation,
+                base_url,
             } => {
                 if self.all.contains_key(id) {
                     return;
@@ -681,6 +722,7 @@ impl Subscriptions {
                         id: id.clone(),
                         config: config.clone(),
                         created_at_ms: *created_at_ms,
+                        base_url: base_url.clone(),
                         links: BTreeMap::new(),
                         generation: *generation,
                         wake: None,
@@ -940,7 +982,7 @@ mod tests {
         fn create(&mut self, id: &str, config: Config) -> bool {
             let existing: Vec<(String, u64)> =
                 self.tails.iter().map(|(p, t)| (p.clone(), *t)).collect();
-            let (ops, created) = self.subs.create(id, config, 0, &existing).unwrap();
+            let (ops, created) = self.subs.create(id, config, 0, &existing, None).unwrap();
             self.record(ops);
             created
         }
@@ -992,7 +1034,7 @@ mod tests {
         // The same again: nothing to do. Another configuration: conflict.
         assert!(!w.create("s", webhook("events/*")));
         assert_eq!(
-            w.subs.create("s", webhook("events/**"), 0, &[]),
+            w.subs.create("s", webhook("events/**"), 0, &[], None),
             Err(Refusal::Conflict)
         );
     }

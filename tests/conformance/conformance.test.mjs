@@ -10,4 +10,6 @@ if (!baseUrl) {
 runConformanceTests({
   baseUrl,
   longPollTimeoutMs: Number(process.env.CONFORMANCE_LONG_POLL_MS ?? 20000),
+  // The subscription APIs' six tests (run.mjs --subscriptions).
+  subscriptions: process.env.CONFORMANCE_SUBSCRIPTIONS === "1",
 })

@@ -35,7 +35,11 @@ const instancesFlag = args.indexOf("--instances")
 const instances = instancesFlag >= 0 ? Number(args[instancesFlag + 1]) : 1
 if (!(instances >= 1)) fail("--instances needs a number")
 if (instances > 1 && mode !== "postgres") fail("several instances need postgres mode")
-const label = instances > 1 ? `${mode} x${instances} behind nginx` : mode
+// --subscriptions: serve the subscription APIs and run their six tests.
+const subscriptions = args.includes("--subscriptions")
+const label =
+  (instances > 1 ? `${mode} x${instances} behind nginx` : mode) +
+  (subscriptions ? " with subscriptions" : "")
 
 const children = []
 let stopping = false
@@ -90,6 +94,15 @@ async function startServer(i) {
         ? { DS_STORAGE__POSTGRES_URL: pgUrl, DS_STORAGE__POSTGRES_SCHEMA: schema }
         : {}),
       RUST_LOG: process.env.RUST_LOG ?? "warn",
+      ...(subscriptions
+        ? {
+            DS_SUBSCRIPTIONS__ENABLED: "true",
+            // The suite's webhook receiver listens on http://127.0.0.1.
+            DS_SUBSCRIPTIONS__ALLOW_DEVELOPMENT_WEBHOOKS: "true",
+            // Instances over one store must sign with one key.
+            DS_SUBSCRIPTIONS__SIGNING_SEED: "c3Vic2NyaXB0aW9uLWNvbmZvcm1hbmNlLXNlZWQtMzI",
+          }
+        : {}),
     },
     stdio: ["ignore", "pipe", "inherit"],
   })
@@ -199,6 +212,7 @@ const vitest = spawn(
       ...process.env,
       CONFORMANCE_TEST_URL: baseUrl,
       CONFORMANCE_LONG_POLL_MS: String(longPollSecs * 1000),
+      CONFORMANCE_SUBSCRIPTIONS: subscriptions ? "1" : "0",
     },
   }
 )

@@ -1,0 +1,754 @@
+//! The running side of subscriptions: the log, the keys, the hook on
+//! appends, wake events, webhook deliveries, and the lease sweeper.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::log::{ChangeError, Log};
+use super::signing::SigningKey;
+use super::state::{Delivery, Op, Refusal, Subscription, Subscriptions};
+use super::target::{check_resolved, check_url, Rejected, Target};
+use super::token::{Claims, TokenKey};
+use super::SubscriptionOptions;
+use crate::engine::{AppendObserver, AppendRequest, BodyType, Engine, Key, StreamError};
+use crate::protocol::Offset;
+
+/// How long a webhook delivery may take, connection to answer.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of a webhook's answer that is read (only `done` matters).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Deliveries in flight at once.
+const MAX_DELIVERIES: usize = 64;
+/// How often leases and retries are looked at.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a callback or claim token is valid.
+const TOKEN_SECONDS: u64 = 3600;
+
+/// The subscriptions of one service.
+pub(crate) struct Hub {
+    engine: Arc<Engine>,
+    log: tokio::sync::OnceCell<Log>,
+    pub(crate) signing: SigningKey,
+    tokens: TokenKey,
+    allow_development: bool,
+    shutdown: CancellationToken,
+    /// Subscriptions known here; appends skip all work while it is 0.
+    count: AtomicUsize,
+    /// Whether the background tasks were started.
+    started: std::sync::atomic::AtomicBool,
+    deliveries: Arc<Semaphore>,
+    /// Deliveries running here, by (subscription, generation).
+    delivering: Mutex<HashSet<(String, u64)>>,
+    me: Weak<Hub>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("kid", &self.signing.kid())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a subscription request was refused.
+#[derive(Debug)]
+pub(crate) enum HubError {
+    Refused(Refusal),
+    Rejected(Rejected),
+    Token(super::token::TokenError),
+    Stream(StreamError),
+}
+
+impl From<ChangeError> for HubError {
+    fn from(e: ChangeError) -> Self {
+        match e {
+            ChangeError::Refused(r) => HubError::Refused(r),
+            ChangeError::Stream(e) => HubError::Stream(e),
+        }
+    }
+}
+
+impl From<StreamError> for HubError {
+    fn from(e: StreamError) -> Self {
+        HubError::Stream(e)
+    }
+}
+
+impl From<Refusal> for HubError {
+    fn from(r: Refusal) -> Self {
+        HubError::Refused(r)
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn wake_id() -> String {
+    let mut bytes = [0u8; 12];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        bytes = fastrand::u128(..).to_le_bytes()[..12]
+            .try_into()
+            .unwrap_or_default();
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("w_{hex}")
+}
+
+/// The stream key of a name relative to the root.
+fn key_of(path: &str) -> Key {
+    Key::trusted(format!("/{path}"))
+}
+
+/// The offset text of a position.
+pub(crate) fn offset(position: u64) -> String {
+    Offset::new(position).to_string()
+}
+
+impl Hub {
+    /// A hub over `engine`; its background work stops with `shutdown`.
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        options: &SubscriptionOptions,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Arc<Hub>> {
+        let signing = match options.signing_seed {
+            Some(seed) => SigningKey::from_seed(&seed),
+            None => SigningKey::generate()?,
+        };
+        let tokens = TokenKey::derive(&signing.seed());
+        let hub = Arc::new_cyclic(|me| Hub {
+            engine: engine.clone(),
+            log: tokio::sync::OnceCell::new(),
+            signing,
+            tokens,
+            allow_development: options.allow_development_webhooks,
+            shutdown,
+            count: AtomicUsize::new(0),
+            started: std::sync::atomic::AtomicBool::new(false),
+            deliveries: Arc::new(Semaphore::new(MAX_DELIVERIES)),
+            delivering: Mutex::new(HashSet::new()),
+            me: me.clone(),
+        });
+        engine.observe(Arc::new(Observer(Arc::downgrade(&hub))));
+        Ok(hub)
+    }
+
+    /// The log, opened (and the background tasks started) on first use.
+    pub(crate) async fn log(&self) -> Result<&Log, StreamError> {
+        let log = self
+            .log
+            .get_or_try_init(|| Log::open(self.engine.clone()))
+            .await?;
+        if !self.started.swap(true, Ordering::AcqRel) {
+            if let Some(me) = self.me.upgrade() {
+                tokio::spawn(me.clone().follow());
+                tokio::spawn(me.sweep());
+            }
+        }
+        Ok(log)
+    }
+
+    /// The log, once [`log`](Self::log) has opened it (what the background
+    /// work uses: it only runs after that).
+    fn opened(&self) -> Result<&Log, StreamError> {
+        self.log.get().ok_or_else(|| {
+            StreamError::Unavailable(crate::storage::StorageError::Unavailable(
+                "the subscription log is not open yet".into(),
+            ))
+        })
+    }
+
+    /// Folds the log whenever it grows (other instances' changes), so the
+    /// count and the state seen by the append hook stay current.
+    async fn follow(self: Arc<Self>) {
+        let key = Key::trusted("/__ds/subscriptions".to_owned());
+        let Ok(mut rx) = self.engine.subscribe(&key).await else {
+            return;
+        };
+        loop {
+            if let Ok(log) = self.opened() {
+                if let Ok(n) = log.read(Subscriptions::len).await {
+                    self.count.store(n, Ordering::Relaxed);
+                }
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                () = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Ends leases that ran out and retries failed deliveries that are due.
+    async fn sweep(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            if let Err(e) = self.sweep_once().await {
+                tracing::warn!(error = ?e, "subscription sweep failed");
+            }
+        }
+    }
+
+    async fn sweep_once(&self) -> Result<(), HubError> {
+        let log = self.opened()?;
+        let now = now_ms();
+        let (expired, due, idle) = log
+            .read(|subs| {
+                let mut expired = Vec::new();
+                let mut due = Vec::new();
+                let mut idle = Vec::new();
+                for sub in subs.iter() {
+                    match &sub.wake {
+                        Some(w) if w.lease_until_ms.is_some_and(|t| t <= now) => {
+                            expired.push(sub.id.clone());
+                        }
+                        Some(_) => {
+                            if sub.retry.is_some_and(|(_, at)| at <= now) {
+                                due.push((sub.id.clone(), sub.generation));
+                            }
+                        }
+                        None => idle.push(sub.id.clone()),
+                    }
+                }
+                (expired, due, idle)
+            })
+            .await?;
+        if !expired.is_empty() {
+            let tails = self.tails_for(&expired).await?;
+            let (_, ops) = log
+                .change(|subs| Ok((subs.expired(now, |p| tails.get(p).copied(), wake_id), ())))
+                .await?;
+            self.effects(&ops).await;
+        }
+        // Work that no wake covers (a wake lost between instances): wake it.
+        for id in idle {
+            let tails = self.tails_for(std::slice::from_ref(&id)).await?;
+            let (_, ops) = log
+                .change(|subs| {
+                    Ok((
+                        subs.rewake_idle(&id, now, |p| tails.get(p).copied(), wake_id),
+                        (),
+                    ))
+                })
+                .await?;
+            self.effects(&ops).await;
+        }
+        for (id, generation) in due {
+            self.spawn_delivery(id, generation);
+        }
+        Ok(())
+    }
+
+    /// The current tails of every stream linked to the subscriptions `ids`.
+    async fn tails_for(&self, ids: &[String]) -> Result<HashMap<String, u64>, HubError> {
+        let log = self.opened()?;
+        let paths: Vec<String> = log
+            .read(|subs| {
+                ids.iter()
+                    .filter_map(|id| subs.get(id))
+                    .flat_map(|s| s.links.keys().cloned())
+                    .collect()
+            })
+            .await?;
+        Ok(self.tails_of(paths).await)
+    }
+
+    /// The tails of the streams that exist among `paths`.
+    async fn tails_of(&self, paths: impl IntoIterator<Item = String>) -> HashMap<String, u64> {
+        let mut tails = HashMap::new();
+        for path in paths {
+            if tails.contains_key(&path) {
+                continue;
+            }
+            if let Ok(view) = self.engine.head(&key_of(&path)).await {
+                if view.config.is_some() && !view.soft_deleted {
+                    tails.insert(path, view.tail);
+                }
+            }
+        }
+        tails
+    }
+
+    /// `PUT`: whether it was created, and the subscription.
+    pub(crate) async fn put(
+        &self,
+        id: &str,
+        config: super::state::Config,
+        base_url: Option<String>,
+    ) -> Result<(bool, Subscription), HubError> {
+        let log = self.log().await?;
+        let existing = log
+            .read(|subs| subs.get(id).map(|s| s.config.clone()))
+            .await?;
+        // The URL is checked when the subscription is made, after the
+        // identical-configuration check (a re-confirmation is answered as is).
+        if existing.as_ref() != Some(&config) {
+            if let Delivery::Webhook { url } = &config.delivery {
+                check_url(url, self.allow_development).map_err(HubError::Rejected)?;
+            }
+        }
+        let now = now_ms();
+        let (created, _) = log
+            .change(|subs| subs.create(id, config.clone(), now, &[], base_url.clone()))
+            .await?;
+        let sub = self.get(id).await?;
+        self.count
+            .store(log.read(Subscriptions::len).await?, Ordering::Relaxed);
+        Ok((created, sub))
+    }
+
+    /// `GET`.
+    pub(crate) async fn get(&self, id: &str) -> Result<Subscription, HubError> {
+        let log = self.log().await?;
+        log.read(|subs| subs.get(id).cloned())
+            .await?
+            .ok_or(HubError::Refused(Refusal::NotFound))
+    }
+
+    /// `DELETE`.
+    pub(crate) async fn delete(&self, id: &str) -> Result<(), HubError> {
+        let log = self.log().await?;
+        log.change(|subs| Ok((subs.delete(id), ()))).await?;
+        self.count
+            .store(log.read(Subscriptions::len).await?, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `POST .../streams`.
+    pub(crate) async fn add_streams(&self, id: &str, paths: &[String]) -> Result<(), HubError> {
+        let log = self.log().await?;
+        let tails = self.tails_of(paths.iter().cloned()).await;
+        log.change(|subs| Ok((subs.add_streams(id, paths, |p| tails.get(p).copied())?, ())))
+            .await?;
+        Ok(())
+    }
+
+    /// `DELETE .../streams/:path`.
+    pub(crate) async fn remove_stream(&self, id: &str, path: &str) -> Result<(), HubError> {
+        let log = self.log().await?;
+        log.change(|subs| Ok((subs.remove_stream(id, path)?, ())))
+            .await?;
+        Ok(())
+    }
+
+    /// `POST .../claim`: the wake, its token and its streams.
+    pub(crate) async fn claim(
+        &self,
+        id: &str,
+        worker: &str,
+    ) -> Result<(Subscription, String, HashMap<String, u64>), HubError> {
+        let log = self.log().await?;
+        let tails = self.tails_for(&[id.to_owned()]).await?;
+        let now = now_ms();
+        let (_, ops) = log
+            .change(|subs| {
+                Ok((
+                    subs.claim(id, worker, now, |p| tails.get(p).copied(), wake_id)?,
+                    (),
+                ))
+            })
+            .await?;
+        self.effects(&ops).await;
+        let sub = self.get(id).await?;
+        let token = self.token(id, sub.generation);
+        Ok((sub, token, tails))
+    }
+
+    /// A token for the holder of `id`'s wake `generation`.
+    pub(crate) fn token(&self, id: &str, generation: u64) -> String {
+        self.tokens.issue(&Claims {
+            subscription: id.to_owned(),
+            generation,
+            exp: now_ms() / 1000 + TOKEN_SECONDS,
+        })
+    }
+
+    /// Checks a bearer token for `id`: the generation it was issued for.
+    pub(crate) fn check_token(
+        &self,
+        id: &str,
+        authorization: Option<&str>,
+    ) -> Result<u64, HubError> {
+        let token = super::token::bearer(authorization).map_err(HubError::Token)?;
+        let claims = self
+            .tokens
+            .check(token, id, now_ms() / 1000)
+            .map_err(HubError::Token)?;
+        Ok(claims.generation)
+    }
+
+    /// A callback or an ack: whether a new wake follows.
+    pub(crate) async fn report(
+        &self,
+        id: &str,
+        report: &super::state::Report,
+    ) -> Result<bool, HubError> {
+        let log = self.log().await?;
+        let tails = self.tails_for(&[id.to_owned()]).await?;
+        let now = now_ms();
+        let (again, ops) = log
+            .change(|subs| subs.report(id, report, now, |p| tails.get(p).copied(), wake_id))
+            .await?;
+        self.effects(&ops).await;
+        Ok(again)
+    }
+
+    /// `POST .../release`.
+    pub(crate) async fn release(
+        &self,
+        id: &str,
+        report: &super::state::Report,
+    ) -> Result<(), HubError> {
+        let log = self.log().await?;
+        let tails = self.tails_for(&[id.to_owned()]).await?;
+        let now = now_ms();
+        let (_, ops) = log
+            .change(|subs| subs.release(id, report, now, |p| tails.get(p).copied(), wake_id))
+            .await?;
+        self.effects(&ops).await;
+        Ok(())
+    }
+
+    /// An append to `path` (relative to the root) moved its tail.
+    async fn on_append(&self, path: String, before: u64, after: u64) -> Result<(), HubError> {
+        let log = self.opened()?;
+        let ids: Vec<String> = log
+            .read(|subs| {
+                subs.interested(&path)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .await?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tails = self.tails_for(&ids).await?;
+        let tail = tails.entry(path.clone()).or_insert(after);
+        *tail = (*tail).max(after);
+        let now = now_ms();
+        let (_, ops) = log
+            .change(|subs| {
+                Ok((
+                    subs.appended(
+                        &path,
+                        before,
+                        after,
+                        now,
+                        |p| tails.get(p).copied(),
+                        wake_id,
+                    ),
+                    (),
+                ))
+            })
+            .await?;
+        self.effects(&ops).await;
+        Ok(())
+    }
+
+    /// What recorded operations set off: a wake event for a pull-wake
+    /// subscription, a delivery for a webhook.
+    async fn effects(&self, ops: &[Op]) {
+        for op in ops {
+            let Op::Wake {
+                id,
+                generation,
+                snapshot,
+                ..
+            } = op
+            else {
+                continue;
+            };
+            let Ok(log) = self.opened() else { return };
+            let Ok(Some(sub)) = log.read(|subs| subs.get(id).cloned()).await else {
+                continue;
+            };
+            match &sub.config.delivery {
+                Delivery::PullWake { wake_stream } => {
+                    let event = serde_json::json!({
+                        "type": "wake",
+                        "subscription_id": id,
+                        "stream": snapshot.keys().next(),
+                        "generation": generation,
+                        "ts": now_ms(),
+                    });
+                    let request = AppendRequest {
+                        content_type: BodyType::Stream,
+                        body: Bytes::from(event.to_string()),
+                        ..AppendRequest::default()
+                    };
+                    if let Err(e) = self.engine.append(&key_of(wake_stream), request).await {
+                        tracing::warn!(subscription = %id, wake_stream = %wake_stream, error = %e,
+                            "the wake event could not be written; a claim still finds the work");
+                    }
+                }
+                Delivery::Webhook { .. } => self.spawn_delivery(id.clone(), *generation),
+            }
+        }
+    }
+
+    fn spawn_delivery(&self, id: String, generation: u64) {
+        let Some(me) = self.me.upgrade() else { return };
+        {
+            let mut running = self.delivering.lock().unwrap_or_else(|e| e.into_inner());
+            if !running.insert((id.clone(), generation)) {
+                return;
+            }
+        }
+        tokio::spawn(async move {
+            let result = me.deliver(&id, generation).await;
+            me.delivering
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(id.clone(), generation));
+            if let Err(e) = result {
+                tracing::warn!(subscription = %id, generation, error = ?e, "webhook delivery failed");
+            }
+        });
+    }
+
+    /// Sends wake `generation` of `id` to its webhook: `{"done": true}`
+    /// acknowledges the wake's snapshot; a failure schedules a retry.
+    async fn deliver(&self, id: &str, generation: u64) -> Result<(), HubError> {
+        let _permit = self.deliveries.clone().acquire_owned().await.ok();
+        let log = self.opened()?;
+        let sub = match log.read(|subs| subs.get(id).cloned()).await? {
+            Some(sub) if sub.generation == generation && sub.wake.is_some() => sub,
+            _ => return Ok(()),
+        };
+        let Delivery::Webhook { url } = &sub.config.delivery else {
+            return Ok(());
+        };
+        let target = check_url(url, self.allow_development).map_err(HubError::Rejected)?;
+        let body = self.wake_body(&sub);
+        let signature = self.signing.signature_header(now_ms() / 1000, &body);
+        let attempt = sub.retry.map_or(0, |(n, _)| n);
+        let answer = tokio::time::timeout(DELIVERY_TIMEOUT, post(&target, body, signature)).await;
+        let done = match answer {
+            Ok(Ok((status, answer))) if status.is_success() => {
+                serde_json::from_slice::<serde_json::Value>(&answer)
+                    .is_ok_and(|v| v.get("done") == Some(&serde_json::Value::Bool(true)))
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Ok((status, _))) => format!("answered {status}"),
+                    Ok(Err(e)) => e,
+                    Err(_) => "timed out".to_owned(),
+                };
+                let next = attempt + 1;
+                let delay = backoff(next);
+                tracing::info!(subscription = %id, generation, attempt = next, why = %why,
+                    retry_in_ms = delay, "webhook delivery failed; will retry");
+                let at = now_ms() + delay;
+                log.change(|subs| {
+                    let open = subs
+                        .get(id)
+                        .is_some_and(|s| s.generation == generation && s.wake.is_some());
+                    let ops = if open {
+                        vec![Op::Retry {
+                            id: id.to_owned(),
+                            generation,
+                            attempt: next,
+                            at_ms: at,
+                        }]
+                    } else {
+                        Vec::new()
+                    };
+                    Ok((ops, ()))
+                })
+                .await?;
+                return Ok(());
+            }
+        };
+        if done {
+            let tails = self.tails_for(&[id.to_owned()]).await?;
+            let now = now_ms();
+            let result = log
+                .change(|subs| {
+                    subs.delivered(id, generation, now, |p| tails.get(p).copied(), wake_id)
+                })
+                .await;
+            match result {
+                Ok((_, ops)) => self.effects(&ops).await,
+                // Acknowledged meanwhile by a callback, or the lease ran out.
+                Err(ChangeError::Refused(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The JSON body of a webhook delivery.
+    fn wake_body(&self, sub: &Subscription) -> Bytes {
+        let Some(wake) = &sub.wake else {
+            return Bytes::new();
+        };
+        let streams: Vec<serde_json::Value> = sub
+            .links
+            .iter()
+            .map(|(path, link)| {
+                let tail = wake.snapshot.get(path).copied().unwrap_or(link.acked);
+                serde_json::json!({
+                    "path": path,
+                    "link_type": if link.explicit { "explicit" } else { "glob" },
+                    "acked_offset": offset(link.acked),
+                    "tail_offset": offset(tail),
+                    "has_pending": tail > link.acked,
+                })
+            })
+            .collect();
+        let callback_url = sub
+            .base_url
+            .as_deref()
+            .map(|base| format!("{base}/__ds/subscriptions/{}/callback", sub.id));
+        let body = serde_json::json!({
+            "subscription_id": sub.id,
+            "wake_id": wake.id,
+            "generation": sub.generation,
+            "streams": streams,
+            "callback_url": callback_url,
+            "callback_token": self.token(&sub.id, sub.generation),
+        });
+        Bytes::from(body.to_string())
+    }
+
+    /// The tails of the streams a wake's body shows, for a claim's answer.
+    pub(crate) fn streams_json(
+        sub: &Subscription,
+        tails: &HashMap<String, u64>,
+    ) -> Vec<serde_json::Value> {
+        let snapshot: BTreeMap<String, u64> = sub
+            .wake
+            .as_ref()
+            .map(|w| w.snapshot.clone())
+            .unwrap_or_default();
+        sub.links
+            .iter()
+            .map(|(path, link)| {
+                let tail = snapshot
+                    .get(path)
+                    .or_else(|| tails.get(path))
+                    .copied()
+                    .unwrap_or(link.acked)
+                    .max(link.acked);
+                serde_json::json!({
+                    "path": path,
+                    "link_type": if link.explicit { "explicit" } else { "glob" },
+                    "acked_offset": offset(link.acked),
+                    "tail_offset": offset(tail),
+                    "has_pending": tail > link.acked,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Retry delay for attempt `n` (1, 2, ...): 1 s doubling to 60 s, ±20 %.
+fn backoff(n: u32) -> u64 {
+    let base = 1_000u64
+        .saturating_mul(1 << n.saturating_sub(1).min(6))
+        .min(60_000);
+    let jitter = base / 5;
+    base - jitter + fastrand::u64(0..=2 * jitter)
+}
+
+/// One webhook `POST`: the name resolved, every address checked, the
+/// connection made only to a checked address, no redirects followed.
+async fn post(
+    target: &Target,
+    body: Bytes,
+    signature: String,
+) -> Result<(http::StatusCode, Bytes), String> {
+    use http_body_util::BodyExt as _;
+    let uri = target.uri();
+    if uri.scheme_str() != Some("http") {
+        return Err("https webhook delivery is not built yet".to_owned());
+    }
+    let authority = uri.authority().ok_or("the URL has no host")?.clone();
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let addresses: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("resolving {host}: {e}"))?
+        .collect();
+    let ips: Vec<std::net::IpAddr> = addresses.iter().map(std::net::SocketAddr::ip).collect();
+    check_resolved(target, &ips).map_err(|e| e.to_string())?;
+    let stream = tokio::net::TcpStream::connect(&addresses[..])
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+    let driver = tokio::spawn(connection);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = http::Request::post(path)
+        .header(http::header::HOST, authority.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::USER_AGENT, "tower-durable-streams")
+        .header("webhook-signature", signature)
+        .body(http_body_util::Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("sending: {e}"))?;
+    let status = response.status();
+    let answer = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    driver.abort();
+    Ok((status, answer))
+}
+
+/// The engine's hook: appends to streams a subscription may care about are
+/// looked at off the writer's path.
+struct Observer(Weak<Hub>);
+
+impl AppendObserver for Observer {
+    fn appended(&self, key: &Key, before: u64, after: u64) {
+        let path = key.as_str().trim_start_matches('/');
+        if path.starts_with("__ds/") {
+            return;
+        }
+        let Some(hub) = self.0.upgrade() else { return };
+        if hub.log.get().is_none() {
+            // Subscriptions made before a restart: open the log (and start
+            // the sweeper, which wakes what this append should have).
+            tokio::spawn(async move {
+                if let Err(e) = hub.log().await {
+                    tracing::warn!(error = %e, "the subscription log could not be opened");
+                }
+            });
+            return;
+        }
+        if hub.count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let path = path.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = hub.on_append(path, before, after).await {
+                tracing::warn!(error = ?e, "a subscription wake could not be decided");
+            }
+        });
+    }
+}
