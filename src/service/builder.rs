@@ -364,9 +364,9 @@ impl Builder {
     /// [`SubscriptionOptions::allow_development_webhooks`]: crate::SubscriptionOptions::allow_development_webhooks
     ///
     /// ```
-    /// use tower_durable_streams::{Builder, SubscriptionOptions};
+    /// use tower_durable_streams::{DurableStreamsService, SubscriptionOptions};
     ///
-    /// let service = Builder::new()
+    /// let service = DurableStreamsService::builder()
     ///     .subscriptions(SubscriptionOptions::new())
     ///     .build()
     ///     .expect("valid settings");

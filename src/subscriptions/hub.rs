@@ -2,7 +2,7 @@
 //! appends, wake events, webhook deliveries, and the lease sweeper.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::log::{ChangeError, Log};
 use super::signing::SigningKey;
-use super::state::{Delivery, Op, Refusal, Subscription, Subscriptions};
+use super::state::{Delivery, Op, Refusal, Subscription};
 use super::target::{check_resolved, check_url, Rejected, Target};
 use super::token::{Claims, TokenKey};
 use super::SubscriptionOptions;
@@ -38,8 +38,9 @@ pub(crate) struct Hub {
     tokens: TokenKey,
     allow_development: bool,
     shutdown: CancellationToken,
-    /// Subscriptions known here; appends skip all work while it is 0.
-    count: AtomicUsize,
+    /// Append hook tasks running, and their signal when one ends.
+    hooks: std::sync::atomic::AtomicUsize,
+    hooks_done: tokio::sync::Notify,
     /// Whether the background tasks were started.
     started: std::sync::atomic::AtomicBool,
     deliveries: Arc<Semaphore>,
@@ -132,8 +133,9 @@ impl Hub {
             tokens,
             allow_development: options.allow_development_webhooks,
             shutdown,
-            count: AtomicUsize::new(0),
             started: std::sync::atomic::AtomicBool::new(false),
+            hooks: std::sync::atomic::AtomicUsize::new(0),
+            hooks_done: tokio::sync::Notify::new(),
             deliveries: Arc::new(Semaphore::new(MAX_DELIVERIES)),
             delivering: Mutex::new(HashSet::new()),
             me: me.clone(),
@@ -149,10 +151,13 @@ impl Hub {
             .get_or_try_init(|| Log::open(self.engine.clone()))
             .await?;
         if !self.started.swap(true, Ordering::AcqRel) {
-            if let Some(me) = self.me.upgrade() {
-                tokio::spawn(me.clone().follow());
-                tokio::spawn(me.sweep());
-            }
+            let (me, shutdown) = (self.me.clone(), self.shutdown.clone());
+            tokio::spawn(Hub::follow(
+                me.clone(),
+                self.engine.clone(),
+                shutdown.clone(),
+            ));
+            tokio::spawn(Hub::sweep(me, shutdown));
         }
         Ok(log)
     }
@@ -168,64 +173,78 @@ impl Hub {
     }
 
     /// Folds the log whenever it grows (other instances' changes), so the
-    /// count and the state seen by the append hook stay current.
-    async fn follow(self: Arc<Self>) {
+    /// state the append hook looks at stays current.
+    /// Holds the hub only while it works, so that dropping the service
+    /// ends it.
+    async fn follow(me: Weak<Hub>, engine: Arc<Engine>, shutdown: CancellationToken) {
         let key = Key::trusted("/__ds/subscriptions".to_owned());
-        let Ok(mut rx) = self.engine.subscribe(&key).await else {
+        let Ok(mut rx) = engine.subscribe(&key).await else {
             return;
         };
+        drop(engine);
         loop {
-            if let Ok(log) = self.opened() {
-                if let Ok(n) = log.read(Subscriptions::len).await {
-                    self.count.store(n, Ordering::Relaxed);
+            {
+                let Some(hub) = me.upgrade() else { return };
+                if let Ok(log) = hub.opened() {
+                    if let Err(e) = log.read(|_| ()).await {
+                        tracing::warn!(error = %e, "the subscription log could not be read");
+                    }
                 }
             }
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { return },
-                () = self.shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return,
             }
         }
     }
 
-    /// Ends leases that ran out and retries failed deliveries that are due.
-    async fn sweep(self: Arc<Self>) {
+    /// Ends leases that ran out and retries failed deliveries that are due;
+    /// holds the hub only while it works.
+    async fn sweep(me: Weak<Hub>, shutdown: CancellationToken) {
+        /// Idle subscriptions are looked at every this many sweeps (their
+        /// tails are read from storage).
+        const IDLE_EVERY: u64 = 8;
+        let mut rounds = 0u64;
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                () = self.shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return,
             }
-            if let Err(e) = self.sweep_once().await {
+            let Some(hub) = me.upgrade() else { return };
+            rounds += 1;
+            if let Err(e) = hub.sweep_once(rounds.is_multiple_of(IDLE_EVERY)).await {
                 tracing::warn!(error = ?e, "subscription sweep failed");
             }
         }
     }
 
-    async fn sweep_once(&self) -> Result<(), HubError> {
+    async fn sweep_once(&self, look_for_idle_work: bool) -> Result<(), HubError> {
         let log = self.opened()?;
         let now = now_ms();
-        let (expired, due, idle) = log
-            .read(|subs| {
-                let mut expired = Vec::new();
-                let mut due = Vec::new();
-                let mut idle = Vec::new();
-                for sub in subs.iter() {
-                    match &sub.wake {
-                        Some(w) if w.lease_until_ms.is_some_and(|t| t <= now) => {
-                            expired.push(sub.id.clone());
-                        }
-                        Some(_) => {
-                            if sub.retry.is_some_and(|(_, at)| at <= now) {
-                                due.push((sub.id.clone(), sub.generation));
-                            }
-                        }
-                        None => idle.push(sub.id.clone()),
+        // A first look without waiting on the log: most sweeps find nothing.
+        let (expired, due, idle) = log.peek(|subs| {
+            let mut expired = Vec::new();
+            let mut due = Vec::new();
+            let mut idle = Vec::new();
+            for sub in subs.iter() {
+                match &sub.wake {
+                    Some(w) if w.lease_until_ms.is_some_and(|t| t <= now) => {
+                        expired.push(sub.id.clone());
                     }
+                    Some(_) if sub.retry.is_some_and(|(_, at)| at <= now) => {
+                        due.push((sub.id.clone(), sub.generation));
+                    }
+                    Some(_) => {}
+                    None if look_for_idle_work && !sub.links.is_empty() => {
+                        idle.push(sub.id.clone());
+                    }
+                    None => {}
                 }
-                (expired, due, idle)
-            })
-            .await?;
+            }
+            (expired, due, idle)
+        });
         if !expired.is_empty() {
             let tails = self.tails_for(&expired).await?;
             let (_, ops) = log
@@ -233,18 +252,31 @@ impl Hub {
                 .await?;
             self.effects(&ops).await;
         }
-        // Work that no wake covers (a wake lost between instances): wake it.
-        for id in idle {
-            let tails = self.tails_for(std::slice::from_ref(&id)).await?;
-            let (_, ops) = log
-                .change(|subs| {
-                    Ok((
-                        subs.rewake_idle(&id, now, |p| tails.get(p).copied(), wake_id),
-                        (),
-                    ))
-                })
-                .await?;
-            self.effects(&ops).await;
+        // Work that no wake covers (a wake an instance decided against on a
+        // state that was about to change): wake it.
+        if !idle.is_empty() {
+            let tails = self.tails_for(&idle).await?;
+            let pending: Vec<String> = log.peek(|subs| {
+                idle.iter()
+                    .filter(|id| {
+                        !subs
+                            .rewake_idle(id, now, |p| tails.get(p).copied(), String::new)
+                            .is_empty()
+                    })
+                    .cloned()
+                    .collect()
+            });
+            for id in pending {
+                let (_, ops) = log
+                    .change(|subs| {
+                        Ok((
+                            subs.rewake_idle(&id, now, |p| tails.get(p).copied(), wake_id),
+                            (),
+                        ))
+                    })
+                    .await?;
+                self.effects(&ops).await;
+            }
         }
         for (id, generation) in due {
             self.spawn_delivery(id, generation);
@@ -305,8 +337,6 @@ impl Hub {
             .change(|subs| subs.create(id, config.clone(), now, &[], base_url.clone()))
             .await?;
         let sub = self.get(id).await?;
-        self.count
-            .store(log.read(Subscriptions::len).await?, Ordering::Relaxed);
         Ok((created, sub))
     }
 
@@ -322,8 +352,6 @@ impl Hub {
     pub(crate) async fn delete(&self, id: &str) -> Result<(), HubError> {
         let log = self.log().await?;
         log.change(|subs| Ok((subs.delete(id), ()))).await?;
-        self.count
-            .store(log.read(Subscriptions::len).await?, Ordering::Relaxed);
         Ok(())
     }
 
@@ -351,6 +379,9 @@ impl Hub {
         worker: &str,
     ) -> Result<(Subscription, String, HashMap<String, u64>), HubError> {
         let log = self.log().await?;
+        // Appends this instance took just before may still be linking their
+        // streams: a claim should find their work.
+        self.hooks_settled().await;
         let tails = self.tails_for(&[id.to_owned()]).await?;
         let now = now_ms();
         let (_, ops) = log
@@ -365,6 +396,20 @@ impl Hub {
         let sub = self.get(id).await?;
         let token = self.token(id, sub.generation);
         Ok((sub, token, tails))
+    }
+
+    /// Waits (briefly) until the append hook's tasks running now are done.
+    async fn hooks_settled(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.hooks.load(Ordering::Acquire) > 0 {
+            let settled = self.hooks_done.notified();
+            if self.hooks.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// A token for the holder of `id`'s wake `generation`.
@@ -741,14 +786,23 @@ impl AppendObserver for Observer {
             });
             return;
         }
-        if hub.count.load(Ordering::Relaxed) == 0 {
+        // The common case, an append no subscription looks at, ends here:
+        // a read lock and the pattern index, no task, no log read.
+        let interested = hub
+            .log
+            .get()
+            .is_some_and(|log| log.peek(|subs| !subs.interested(path).is_empty()));
+        if !interested {
             return;
         }
         let path = path.to_owned();
+        hub.hooks.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             if let Err(e) = hub.on_append(path, before, after).await {
                 tracing::warn!(error = ?e, "a subscription wake could not be decided");
             }
+            hub.hooks.fetch_sub(1, Ordering::AcqRel);
+            hub.hooks_done.notify_waiters();
         });
     }
 }

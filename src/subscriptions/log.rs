@@ -43,10 +43,9 @@ struct RawEntry {
     ops: Vec<serde_json::Value>,
 }
 
-/// The state, folded from the log up to `offset`.
+/// How far the log is folded.
 #[derive(Debug, Default)]
 struct Folded {
-    subs: Subscriptions,
     offset: u64,
     version: u64,
 }
@@ -77,9 +76,12 @@ impl From<StreamError> for ChangeError {
 pub(crate) struct Log {
     engine: Arc<Engine>,
     key: Key,
-    /// Held while a change is decided and written: one at a time per
-    /// instance (across instances, the versions take turns).
+    /// Held while the log is read or a change is decided and written: one
+    /// at a time per instance (across instances, the versions take turns).
     folded: tokio::sync::Mutex<Folded>,
+    /// The state folded so far, readable without waiting (the append hook's
+    /// first look); written only while `folded` is held.
+    subs: std::sync::RwLock<Subscriptions>,
 }
 
 impl Log {
@@ -96,6 +98,7 @@ impl Log {
             engine,
             key,
             folded: tokio::sync::Mutex::new(Folded::default()),
+            subs: std::sync::RwLock::new(Subscriptions::default()),
         };
         log.catch_up(&mut *log.folded.lock().await).await?;
         Ok(log)
@@ -118,12 +121,13 @@ impl Log {
                     "the subscription log cannot be read: {e}"
                 )))
             })?;
+            let mut subs = self.subs.write().unwrap_or_else(|e| e.into_inner());
             for entry in entries {
                 for op in entry.ops {
                     // An operation this version does not know (written by a
                     // newer one sharing the store) is skipped, not fatal.
                     match serde_json::from_value::<Op>(op) {
-                        Ok(op) => folded.subs.apply(&op),
+                        Ok(op) => subs.apply(&op),
                         Err(e) => tracing::warn!(
                             version = entry.v,
                             error = %e,
@@ -133,6 +137,7 @@ impl Log {
                 }
                 folded.version = entry.v;
             }
+            drop(subs);
             folded.offset = read.end;
             if read.end >= read.tail {
                 return Ok(());
@@ -147,7 +152,13 @@ impl Log {
     ) -> Result<R, StreamError> {
         let mut folded = self.folded.lock().await;
         self.catch_up(&mut folded).await?;
-        Ok(look(&folded.subs))
+        Ok(look(&self.subs.read().unwrap_or_else(|e| e.into_inner())))
+    }
+
+    /// Runs `look` on the state as folded so far, without waiting for a
+    /// change in progress or reading the log (it may be a little behind).
+    pub(crate) fn peek<R>(&self, look: impl FnOnce(&Subscriptions) -> R) -> R {
+        look(&self.subs.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Decides a change on the latest state and records it: `decide`
@@ -162,7 +173,8 @@ impl Log {
         let mut folded = self.folded.lock().await;
         for _ in 0..MAX_ATTEMPTS {
             self.catch_up(&mut folded).await?;
-            let (ops, answer) = decide(&folded.subs)?;
+            let decided = decide(&self.subs.read().unwrap_or_else(|e| e.into_inner()));
+            let (ops, answer) = decided?;
             if ops.is_empty() {
                 return Ok((answer, ops));
             }

@@ -1,0 +1,402 @@
+//! The subscription APIs through the service (feature
+//! `unstable-subscriptions`): webhook signatures checked against the
+//! published key set, fencing, leases, URL refusals, and state that
+//! survives a restart. Webhook receivers listen on 127.0.0.1 only.
+#![cfg(feature = "unstable-subscriptions")]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bytes::Bytes;
+use common::{get, post, put, send, Reply};
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower_durable_streams::storage::{Durability, FileStorage};
+use tower_durable_streams::{DurableStreamsService, SubscriptionOptions};
+
+fn service(options: SubscriptionOptions) -> DurableStreamsService {
+    DurableStreamsService::builder()
+        .subscriptions(options)
+        .build()
+        .expect("valid settings")
+}
+
+fn dev() -> SubscriptionOptions {
+    SubscriptionOptions::new().allow_development_webhooks(true)
+}
+
+async fn put_json(service: &DurableStreamsService, path: &str, body: serde_json::Value) -> Reply {
+    put(
+        service,
+        path,
+        "application/json",
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+async fn post_json(
+    service: &DurableStreamsService,
+    path: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> Reply {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
+    }
+    send(
+        service,
+        Method::POST,
+        path,
+        &headers,
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    signature: Option<String>,
+    body: Bytes,
+}
+
+/// A webhook receiver on 127.0.0.1 answering every request with `answer`.
+async fn receiver(answer: &'static str) -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let signature = request
+                                .headers()
+                                .get("webhook-signature")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned);
+                            let body = request.into_body().collect().await.unwrap().to_bytes();
+                            seen.lock().unwrap().push(Received { signature, body });
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from_static(answer.as_bytes()),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                    .await;
+            });
+        }
+    });
+    (address, got)
+}
+
+async fn first_request(got: &Arc<Mutex<Vec<Received>>>) -> Received {
+    for _ in 0..500 {
+        if let Some(r) = got.lock().unwrap().first().cloned() {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no webhook arrived within 5 s");
+}
+
+/// What a receiver does with a delivery: the key by `kid` from the set,
+/// the time window, the signature over `<t>.<body>`.
+fn verify(header: &str, body: &[u8], jwks: &serde_json::Value) -> bool {
+    let mut fields = header.split(',');
+    let (Some(t), Some(kid), Some(sig), None) = (
+        fields.next().and_then(|f| f.strip_prefix("t=")),
+        fields.next().and_then(|f| f.strip_prefix("kid=")),
+        fields.next().and_then(|f| f.strip_prefix("ed25519=")),
+        fields.next(),
+    ) else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if t.parse::<u64>().map_or(true, |t| now.abs_diff(t) > 300) {
+        return false;
+    }
+    let Some(jwk) = jwks["keys"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["kid"] == kid))
+    else {
+        return false;
+    };
+    let x: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(jwk["x"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&x).unwrap();
+    let sig = ed25519_dalek::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).unwrap()).unwrap();
+    key.verify_strict(&[t.as_bytes(), b".", body].concat(), &sig)
+        .is_ok()
+}
+
+#[tokio::test]
+async fn a_webhook_is_signed_with_a_published_key_and_done_acknowledges_it() {
+    let (address, got) = receiver(r#"{"done":true}"#).await;
+    let service = service(dev());
+    let url = format!("http://{address}/hook");
+    let created = put_json(
+        &service,
+        "/__ds/subscriptions/s1",
+        serde_json::json!({"type": "webhook", "pattern": "events/*", "webhook": {"url": url}}),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let jwks = get(&service, "/__ds/jwks.json").await;
+    assert_eq!(
+        jwks.header("content-type"),
+        Some("application/jwk-set+json")
+    );
+    let jwks = jwks.json();
+    assert_eq!(
+        created.json()["webhook"]["signing"]["kid"],
+        jwks["keys"][0]["kid"]
+    );
+    // A create with data is an append the subscription hears of.
+    put(&service, "/events/a", "application/json", br#"{"n":1}"#).await;
+    let delivery = first_request(&got).await;
+    let header = delivery.signature.expect("a signature header");
+    assert!(verify(&header, &delivery.body, &jwks), "{header}");
+    // Tampering breaks it.
+    let mut tampered = delivery.body.to_vec();
+    tampered.push(b' ');
+    assert!(!verify(&header, &tampered, &jwks));
+    let wake: serde_json::Value = serde_json::from_slice(&delivery.body).unwrap();
+    assert_eq!(wake["subscription_id"], "s1");
+    let tail = wake["streams"][0]["tail_offset"].clone();
+    // `{"done": true}` acknowledged the wake's snapshot.
+    for _ in 0..300 {
+        let sub = get(&service, "/__ds/subscriptions/s1").await.json();
+        if sub["streams"][0]["acked_offset"] == tail {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the wake was not acknowledged");
+}
+
+#[tokio::test]
+async fn a_callback_is_fenced_once_its_wake_is_over() {
+    let (address, got) = receiver("{}").await;
+    let service = service(dev());
+    let url = format!("http://{address}/hook");
+    put_json(
+        &service,
+        "/__ds/subscriptions/s2",
+        serde_json::json!({"type": "webhook", "pattern": "events/*", "webhook": {"url": url}, "lease_ttl_ms": 60000}),
+    )
+    .await;
+    put(&service, "/events/b", "application/json", br#"{"n":1}"#).await;
+    let wake: serde_json::Value = serde_json::from_slice(&first_request(&got).await.body).unwrap();
+    let callback = "/__ds/subscriptions/s2/callback".to_owned();
+    let token = wake["callback_token"].as_str().unwrap();
+    let body = serde_json::json!({
+        "wake_id": wake["wake_id"],
+        "generation": wake["generation"],
+        "acks": [{"stream": "events/b", "offset": wake["streams"][0]["tail_offset"]}],
+        "done": true,
+    });
+    // No token, or a forged one: 401.
+    let refused = post_json(&service, &callback, None, body.clone()).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    let forged = post_json(&service, &callback, Some("abc.def"), body.clone()).await;
+    assert_eq!(forged.json()["error"]["code"], "TOKEN_INVALID");
+    let done = post_json(&service, &callback, Some(token), body.clone()).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text());
+    assert_eq!(
+        done.json(),
+        serde_json::json!({"ok": true, "next_wake": false})
+    );
+    let again = post_json(&service, &callback, Some(token), body).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.json()["error"]["code"], "FENCED");
+}
+
+#[tokio::test]
+async fn webhook_urls_into_the_network_are_refused() {
+    let service = service(SubscriptionOptions::new());
+    for url in [
+        "http://10.0.0.1/hook",
+        "https://169.254.169.254/latest",
+        "https://[::1]/hook",
+        "http://127.0.0.1:9/hook",
+        "https://localhost/hook",
+    ] {
+        let reply = put_json(
+            &service,
+            "/__ds/subscriptions/bad",
+            serde_json::json!({"type": "webhook", "pattern": "a/*", "webhook": {"url": url}}),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{url}");
+        assert_eq!(
+            reply.json()["error"]["code"],
+            "WEBHOOK_URL_REJECTED",
+            "{url}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = false)]
+async fn a_lease_that_runs_out_frees_the_wake_for_another_worker() {
+    let service = service(dev());
+    put(&service, "/wake/pool", "application/json", b"[]").await;
+    put_json(
+        &service,
+        "/__ds/subscriptions/p",
+        serde_json::json!({"type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wake/pool", "lease_ttl_ms": 1000}),
+    )
+    .await;
+    put(&service, "/jobs/1", "application/json", br#"{"n":1}"#).await;
+    let first = post_json(
+        &service,
+        "/__ds/subscriptions/p/claim",
+        None,
+        serde_json::json!({"worker": "w1"}),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    let busy = post_json(
+        &service,
+        "/__ds/subscriptions/p/claim",
+        None,
+        serde_json::json!({"worker": "w2"}),
+    )
+    .await;
+    assert_eq!(busy.json()["error"]["current_holder"], "w1");
+    // The holder goes silent; after the lease, w2 gets the work under a new
+    // generation and w1's token is fenced.
+    let mut second = None;
+    for _ in 0..300 {
+        let reply = post_json(
+            &service,
+            "/__ds/subscriptions/p/claim",
+            None,
+            serde_json::json!({"worker": "w2"}),
+        )
+        .await;
+        if reply.status == StatusCode::OK {
+            second = Some(reply.json());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = second.expect("the lease ran out within 3 s");
+    let first = first.json();
+    assert!(second["generation"].as_u64() > first["generation"].as_u64());
+    let late = post_json(
+        &service,
+        "/__ds/subscriptions/p/ack",
+        first["token"].as_str(),
+        serde_json::json!({"wake_id": first["wake_id"], "generation": first["generation"], "acks": [], "done": true}),
+    )
+    .await;
+    assert_eq!(late.json()["error"]["code"], "FENCED");
+    // The wake events are in the wake stream, one JSON message each.
+    let events = get(&service, "/wake/pool?offset=-1").await.json();
+    assert!(events
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["subscription_id"] == "p"));
+}
+
+#[tokio::test]
+async fn subscriptions_and_their_cursors_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || async {
+        let storage = FileStorage::open(dir.path(), Durability::Fsync).unwrap();
+        DurableStreamsService::builder()
+            .storage(storage)
+            .subscriptions(dev().signing_seed([9; 32]))
+            .build()
+            .unwrap()
+    };
+    let service = open().await;
+    put(&service, "/wake/q", "application/json", b"[]").await;
+    let created = put_json(
+        &service,
+        "/__ds/subscriptions/keep",
+        serde_json::json!({"type": "pull-wake", "streams": ["jobs/x"], "wake_stream": "wake/q", "lease_ttl_ms": 60000}),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    put(&service, "/jobs/x", "application/json", br#"{"n":1}"#).await;
+    let claim = post_json(
+        &service,
+        "/__ds/subscriptions/keep/claim",
+        None,
+        serde_json::json!({"worker": "w1"}),
+    )
+    .await;
+    assert_eq!(claim.status, StatusCode::OK, "{}", claim.text());
+    let jwks = get(&service, "/__ds/jwks.json").await.json();
+    drop(service);
+
+    let service = open().await;
+    let sub = get(&service, "/__ds/subscriptions/keep").await;
+    assert_eq!(sub.status, StatusCode::OK, "{}", sub.text());
+    assert_eq!(sub.json()["streams"][0]["path"], "jobs/x");
+    // The lease and its holder came back, and the same key signs.
+    let busy = post_json(
+        &service,
+        "/__ds/subscriptions/keep/claim",
+        None,
+        serde_json::json!({"worker": "w2"}),
+    )
+    .await;
+    assert_eq!(busy.json()["error"]["current_holder"], "w1");
+    assert_eq!(get(&service, "/__ds/jwks.json").await.json(), jwks);
+    // The token from before the restart still acknowledges the wake.
+    let claim = claim.json();
+    let done = post_json(
+        &service,
+        "/__ds/subscriptions/keep/ack",
+        claim["token"].as_str(),
+        serde_json::json!({"wake_id": claim["wake_id"], "generation": claim["generation"],
+            "acks": [{"stream": "jobs/x", "offset": claim["streams"][0]["tail_offset"]}], "done": true}),
+    )
+    .await;
+    assert_eq!(
+        done.json(),
+        serde_json::json!({"ok": true, "next_wake": false})
+    );
+}
+
+#[tokio::test]
+async fn without_the_setting_the_apis_are_not_there() {
+    let service = DurableStreamsService::builder().build().unwrap();
+    let reply = get(&service, "/__ds/jwks.json").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let reply = post(
+        &service,
+        "/__ds/subscriptions/x/claim",
+        "application/json",
+        b"{}",
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
