@@ -242,3 +242,8 @@ try {
 // Plain closing line, read by CI.
 console.log(`conformance (${label}): ${summary.passed} passed, ${summary.failed} failed, ${summary.skipped} skipped`)
 if (status !== 0 || summary.failed > 0 || summary.passed === 0) process.exit(1)
+// With the subscription APIs on, nothing may be skipped.
+if (subscriptions && summary.skipped > 0) {
+  console.error(`conformance (${label}): ${summary.skipped} tests were skipped`)
+  process.exit(1)
+}
