@@ -103,6 +103,37 @@ pub enum Operation {
         /// The stream.
         path: String,
     },
+    /// A subscription API (feature `unstable-subscriptions`). The key set
+    /// (`__ds/jwks.json`) is public, and callbacks, acks and releases carry
+    /// the wake's own token, so none of those ask the hook.
+    #[cfg(feature = "unstable-subscriptions")]
+    Subscription {
+        /// The request's path below the mount (`/__ds/subscriptions/<id>...`).
+        path: String,
+        /// The subscription.
+        id: String,
+        /// What is asked.
+        action: SubscriptionAction,
+    },
+}
+
+/// What a subscription request asks (feature `unstable-subscriptions`).
+#[cfg(feature = "unstable-subscriptions")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubscriptionAction {
+    /// `PUT`: create or re-confirm it.
+    Create,
+    /// `GET`.
+    Read,
+    /// `DELETE`.
+    Delete,
+    /// `POST .../streams`: link these streams.
+    AddStreams(Vec<String>),
+    /// `DELETE .../streams/<stream>`: unlink one.
+    RemoveStream(String),
+    /// `POST .../claim`: take a pull-wake subscription's wake.
+    Claim,
 }
 
 impl Operation {
@@ -116,12 +147,22 @@ impl Operation {
             | Operation::Read { path, .. }
             | Operation::Head { path }
             | Operation::Delete { path } => path,
+            #[cfg(feature = "unstable-subscriptions")]
+            Operation::Subscription { path, .. } => path,
         }
     }
 
     /// Whether the operation changes anything.
     pub fn writes(&self) -> bool {
-        !matches!(self, Operation::Read { .. } | Operation::Head { .. })
+        match self {
+            Operation::Read { .. } | Operation::Head { .. } => false,
+            #[cfg(feature = "unstable-subscriptions")]
+            Operation::Subscription {
+                action: SubscriptionAction::Read,
+                ..
+            } => false,
+            _ => true,
+        }
     }
 }
 

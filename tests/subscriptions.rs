@@ -400,3 +400,47 @@ async fn without_the_setting_the_apis_are_not_there() {
     .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_hosts_authorize_hook_decides_who_subscribes_and_claims() {
+    use tower_durable_streams::auth::{AuthorizeRequest, Operation, Refusal, SubscriptionAction};
+    let service = DurableStreamsService::builder()
+        .subscriptions(dev())
+        .authorize(|request: AuthorizeRequest| async move {
+            match request.operation() {
+                Operation::Subscription { id, action, .. } if id == "theirs" => {
+                    Err(Refusal::forbidden(format!("not yours: {action:?}")))
+                }
+                Operation::Subscription {
+                    action: SubscriptionAction::Claim,
+                    ..
+                } => Err(Refusal::forbidden("no claims")),
+                _ => Ok(()),
+            }
+        })
+        .build()
+        .unwrap();
+    let body =
+        serde_json::json!({"type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wake/a"});
+    let refused = put_json(&service, "/__ds/subscriptions/theirs", body.clone()).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get(&service, "/__ds/subscriptions/theirs").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let mine = put_json(&service, "/__ds/subscriptions/mine", body).await;
+    assert_eq!(mine.status, StatusCode::CREATED, "{}", mine.text());
+    let claim = post_json(
+        &service,
+        "/__ds/subscriptions/mine/claim",
+        None,
+        serde_json::json!({"worker": "w"}),
+    )
+    .await;
+    assert_eq!(claim.status, StatusCode::FORBIDDEN);
+    // The key set stays public.
+    assert_eq!(
+        get(&service, "/__ds/jwks.json").await.status,
+        StatusCode::OK
+    );
+}

@@ -355,11 +355,12 @@ impl Builder {
     /// Serves the subscription APIs under `__ds` (PROTOCOL.md sections 6
     /// and 7: webhooks and pull-wake workers), which otherwise answer 404.
     ///
-    /// **Unstable and incomplete** (feature `unstable-subscriptions`): the
-    /// routes are not authorized through [`Builder::authorizer`] yet, and
+    /// **Unstable and incomplete** (feature `unstable-subscriptions`):
     /// webhooks are delivered over plain `http` only (to the development
-    /// URLs [`SubscriptionOptions::allow_development_webhooks`]
-    /// permits). Do not turn it on where untrusted clients reach the service.
+    /// URLs [`SubscriptionOptions::allow_development_webhooks`] permits).
+    /// The control routes and claims ask the [`Builder::authorize`] hook with
+    /// [`Operation::Subscription`](crate::auth::Operation::Subscription);
+    /// without an authorizer anyone who reaches the service can subscribe.
     ///
     /// [`SubscriptionOptions::allow_development_webhooks`]: crate::SubscriptionOptions::allow_development_webhooks
     ///

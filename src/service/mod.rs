@@ -99,8 +99,15 @@ impl DurableStreamsService {
     /// sweeper runs until the builder's shutdown token is cancelled or the last
     /// clone of the service is dropped; if its runtime shuts down first, the
     /// next request starts it again on the runtime serving that request.
+    /// With subscriptions on, their state is read and their lease and retry
+    /// sweeper started too.
     pub async fn start(&self) -> Result<(), StreamError> {
-        self.inner.engine.ready().await
+        self.inner.engine.ready().await?;
+        #[cfg(feature = "unstable-subscriptions")]
+        if let Some(hub) = &self.inner.hub {
+            hub.log().await?;
+        }
+        Ok(())
     }
 
     /// Whether the storage can serve writes now (a database is reachable, a

@@ -47,13 +47,15 @@ where
             } else {
                 Bytes::new()
             };
+            let parts = authorize(&inner, parts, &id, &method, rest, &body).await?;
+            let parts = &*parts;
             match (method, rest) {
-                (Method::PUT, []) => put(&inner, &hub, &parts, &id, &body).await,
+                (Method::PUT, []) => put(&inner, &hub, parts, &id, &body).await,
                 (Method::GET, []) => {
                     let sub = hub.get(&id).await.map_err(problem)?;
                     Ok(json_response(
                         StatusCode::OK,
-                        view(&inner, &hub, &parts, &sub),
+                        view(&inner, &hub, parts, &sub),
                     ))
                 }
                 (Method::DELETE, []) => {
@@ -82,7 +84,7 @@ where
                 (Method::POST, ["claim"]) => claim(&hub, &id, &body).await,
                 (Method::POST, ["callback" | "ack"]) => {
                     let generation = hub
-                        .check_token(&id, header(&parts, AUTHORIZATION))
+                        .check_token(&id, header(parts, AUTHORIZATION))
                         .map_err(problem)?;
                     let report = report(&body, generation, true)?;
                     let next_wake = hub.report(&id, &report).await.map_err(problem)?;
@@ -93,7 +95,7 @@ where
                 }
                 (Method::POST, ["release"]) => {
                     let generation = hub
-                        .check_token(&id, header(&parts, AUTHORIZATION))
+                        .check_token(&id, header(parts, AUTHORIZATION))
                         .map_err(problem)?;
                     let report = report(&body, generation, false)?;
                     hub.release(&id, &report).await.map_err(problem)?;
@@ -114,6 +116,57 @@ where
         )
         .nested(Map::new())),
     }
+}
+
+/// Asks the host's authorize hook, if there is one, about the control
+/// routes and claims (callbacks, acks and releases carry the wake's token
+/// instead). Returns the parts, shared with the hook.
+async fn authorize(
+    inner: &Inner,
+    parts: Parts,
+    id: &str,
+    method: &Method,
+    rest: &[&str],
+    body: &[u8],
+) -> Result<Arc<Parts>, Problem> {
+    use crate::auth::{AuthorizeRequest, Operation, SubscriptionAction};
+    let parts = Arc::new(parts);
+    let Some(authorizer) = &inner.authorizer else {
+        return Ok(parts);
+    };
+    let action = match (method, rest) {
+        (&Method::PUT, []) => SubscriptionAction::Create,
+        (&Method::GET, []) => SubscriptionAction::Read,
+        (&Method::DELETE, []) => SubscriptionAction::Delete,
+        (&Method::POST, ["streams"]) => {
+            #[derive(Deserialize)]
+            struct Streams {
+                streams: Vec<String>,
+            }
+            let streams: Streams = parse(body)?;
+            SubscriptionAction::AddStreams(streams.streams)
+        }
+        (&Method::DELETE, ["streams", stream @ ..]) => {
+            let joined = stream.join("/");
+            let name = percent_decode_str(&joined)
+                .decode_utf8()
+                .map_err(|_| invalid("the stream name is not valid UTF-8"))?;
+            SubscriptionAction::RemoveStream(name.into_owned())
+        }
+        (&Method::POST, ["claim"]) => SubscriptionAction::Claim,
+        // Token-authorized, or not a route (answered below).
+        _ => return Ok(parts),
+    };
+    let operation = Operation::Subscription {
+        path: parts.uri.path().to_owned(),
+        id: id.to_owned(),
+        action,
+    };
+    authorizer
+        .authorize(AuthorizeRequest::new(parts.clone(), operation))
+        .await
+        .map_err(Problem::refused)?;
+    Ok(parts)
 }
 
 fn header(parts: &Parts, name: http::HeaderName) -> Option<&str> {

@@ -448,7 +448,35 @@ impl Hub {
             .change(|subs| subs.report(id, report, now, |p| tails.get(p).copied(), wake_id))
             .await?;
         self.effects(&ops).await;
+        if report.done && !again {
+            self.look_again(id).await;
+        }
         Ok(again)
+    }
+
+    /// After a wake ended with nothing pending by the tails read before it
+    /// ended: read them again, for an append that came in between (its hook
+    /// saw the wake still out and left it to this).
+    async fn look_again(&self, id: &str) {
+        let Ok(log) = self.opened() else { return };
+        let Ok(tails) = self.tails_for(&[id.to_owned()]).await else {
+            return;
+        };
+        let now = now_ms();
+        let decided = log
+            .change(|subs| {
+                Ok((
+                    subs.rewake_idle(id, now, |p| tails.get(p).copied(), wake_id),
+                    (),
+                ))
+            })
+            .await;
+        match decided {
+            Ok((_, ops)) => self.effects(&ops).await,
+            Err(e) => {
+                tracing::warn!(subscription = %id, error = ?e, "a second look for work failed")
+            }
+        }
     }
 
     /// `POST .../release`.
@@ -460,10 +488,13 @@ impl Hub {
         let log = self.log().await?;
         let tails = self.tails_for(&[id.to_owned()]).await?;
         let now = now_ms();
-        let (_, ops) = log
+        let (again, ops) = log
             .change(|subs| subs.release(id, report, now, |p| tails.get(p).copied(), wake_id))
             .await?;
         self.effects(&ops).await;
+        if !again {
+            self.look_again(id).await;
+        }
         Ok(())
     }
 
@@ -627,7 +658,12 @@ impl Hub {
                 })
                 .await;
             match result {
-                Ok((_, ops)) => self.effects(&ops).await,
+                Ok((again, ops)) => {
+                    self.effects(&ops).await;
+                    if !again {
+                        self.look_again(id).await;
+                    }
+                }
                 // Acknowledged meanwhile by a callback, or the lease ran out.
                 Err(ChangeError::Refused(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -786,13 +822,21 @@ impl AppendObserver for Observer {
             });
             return;
         }
-        // The common case, an append no subscription looks at, ends here:
-        // a read lock and the pattern index, no task, no log read.
-        let interested = hub
-            .log
-            .get()
-            .is_some_and(|log| log.peek(|subs| !subs.interested(path).is_empty()));
-        if !interested {
+        // The common cases end here, with a read lock and the pattern index,
+        // no task and no log read: an append no subscription looks at, and
+        // one to a linked stream of subscriptions whose wake is already out
+        // (whatever ends the wake reads the tails again afterwards, and the
+        // sweeper looks at idle subscriptions every 2 s for the rest).
+        let attention = hub.log.get().is_some_and(|log| {
+            log.peek(|subs| {
+                subs.interested(path).into_iter().any(|id| {
+                    subs.get(id).is_some_and(|sub| {
+                        !sub.links.contains_key(path) || (sub.wake.is_none() && sub.retry.is_none())
+                    })
+                })
+            })
+        });
+        if !attention {
             return;
         }
         let path = path.to_owned();
