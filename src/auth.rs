@@ -122,8 +122,19 @@ pub enum Operation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SubscriptionAction {
-    /// `PUT`: create or re-confirm it.
-    Create,
+    /// `PUT`: create or re-confirm it, with what it would see and where it
+    /// would write.
+    Create {
+        /// The pattern of streams it follows.
+        pattern: Option<String>,
+        /// The streams it names.
+        streams: Vec<String>,
+        /// A pull-wake subscription's wake stream, which the server appends
+        /// wake events to.
+        wake_stream: Option<String>,
+        /// A webhook subscription's URL.
+        webhook_url: Option<String>,
+    },
     /// `GET`.
     Read,
     /// `DELETE`.

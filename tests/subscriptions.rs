@@ -317,11 +317,11 @@ async fn a_lease_that_runs_out_frees_the_wake_for_another_worker() {
     assert_eq!(late.json()["error"]["code"], "FENCED");
     // The wake events are in the wake stream, one JSON message each.
     let events = get(&service, "/wake/pool?offset=-1").await.json();
+    let events = events.as_array().unwrap();
+    assert!(events.len() >= 2, "{events:?}");
     assert!(events
-        .as_array()
-        .unwrap()
         .iter()
-        .all(|e| e["subscription_id"] == "p"));
+        .all(|e| e["type"] == "wake" && e["subscription_id"] == "p"));
 }
 
 #[tokio::test]
@@ -412,6 +412,10 @@ async fn the_hosts_authorize_hook_decides_who_subscribes_and_claims() {
                     Err(Refusal::forbidden(format!("not yours: {action:?}")))
                 }
                 Operation::Subscription {
+                    action: SubscriptionAction::Create { pattern, .. },
+                    ..
+                } if pattern.as_deref() == Some("**") => Err(Refusal::forbidden("too wide")),
+                Operation::Subscription {
                     action: SubscriptionAction::Claim,
                     ..
                 } => Err(Refusal::forbidden("no claims")),
@@ -428,6 +432,9 @@ async fn the_hosts_authorize_hook_decides_who_subscribes_and_claims() {
         get(&service, "/__ds/subscriptions/theirs").await.status,
         StatusCode::FORBIDDEN
     );
+    let wide = serde_json::json!({"type": "pull-wake", "pattern": "**", "wake_stream": "wake/a"});
+    let refused = put_json(&service, "/__ds/subscriptions/wide", wide).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
     let mine = put_json(&service, "/__ds/subscriptions/mine", body).await;
     assert_eq!(mine.status, StatusCode::CREATED, "{}", mine.text());
     let claim = post_json(
@@ -443,4 +450,36 @@ async fn the_hosts_authorize_hook_decides_who_subscribes_and_claims() {
         get(&service, "/__ds/jwks.json").await.status,
         StatusCode::OK
     );
+}
+
+#[tokio::test]
+async fn named_streams_start_at_their_tail_and_https_is_refused_until_it_is_delivered() {
+    let service = service(dev());
+    put(&service, "/wake/n", "application/json", b"[]").await;
+    put(&service, "/jobs/old", "application/json", br#"{"n":1}"#).await;
+    let created = put_json(
+        &service,
+        "/__ds/subscriptions/n",
+        serde_json::json!({"type": "pull-wake", "streams": ["jobs/old"], "wake_stream": "wake/n"}),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let tail = get(&service, "/jobs/old").await.next_offset();
+    assert_eq!(created.json()["streams"][0]["acked_offset"], tail.as_str());
+    // Nothing before the subscription is work.
+    let claim = post_json(
+        &service,
+        "/__ds/subscriptions/n/claim",
+        None,
+        serde_json::json!({"worker": "w"}),
+    )
+    .await;
+    assert_eq!(claim.json()["error"]["code"], "NO_PENDING_WORK");
+    let https = put_json(
+        &service,
+        "/__ds/subscriptions/h",
+        serde_json::json!({"type": "webhook", "pattern": "a/*", "webhook": {"url": "https://hooks.example.com/x"}}),
+    )
+    .await;
+    assert_eq!(https.json()["error"]["code"], "WEBHOOK_URL_REJECTED");
 }

@@ -229,12 +229,14 @@ pub(crate) struct Engine {
     limits: Limits,
     sweeper: Sweeper,
     /// Told of every append and of creates with data.
+    #[cfg(feature = "unstable-subscriptions")]
     observer: std::sync::OnceLock<Arc<dyn AppendObserver>>,
 }
 
 /// Told of data written to a stream (the subscriptions' hook): `before` and
 /// `after` are the stream's tail around the write. Called on the writer's
 /// task after the write is durable; it must not block.
+#[cfg(feature = "unstable-subscriptions")]
 pub(crate) trait AppendObserver: Send + Sync {
     fn appended(&self, key: &Key, before: u64, after: u64);
 }
@@ -249,6 +251,12 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// Whether several instances share the storage.
+    #[cfg(feature = "unstable-subscriptions")]
+    pub(crate) fn is_shared(&self) -> bool {
+        self.shared
+    }
+
     /// Sets the observer of appends; `false` if one is set already.
     #[cfg(feature = "unstable-subscriptions")]
     pub(crate) fn observe(&self, observer: Arc<dyn AppendObserver>) -> bool {
@@ -256,12 +264,16 @@ impl Engine {
     }
 
     /// Tells the observer, if any, of a write.
+    #[inline]
     fn observed(&self, key: &Key, before: u64, after: u64) {
+        #[cfg(feature = "unstable-subscriptions")]
         if let Some(observer) = self.observer.get() {
             if after > before {
                 observer.appended(key, before, after);
             }
         }
+        #[cfg(not(feature = "unstable-subscriptions"))]
+        let _ = (key, before, after);
     }
 
     /// An engine over `storage`. Its expiry sweeper stops when `shutdown` is
@@ -285,6 +297,7 @@ impl Engine {
                 registry: Registry::default(),
                 loaded: OnceCell::new(),
                 sweeper: Sweeper::new(weak.clone(), limits.sweep_interval, shutdown.child_token()),
+                #[cfg(feature = "unstable-subscriptions")]
                 observer: std::sync::OnceLock::new(),
                 limits: Limits {
                     max_read_bytes: limits.max_read_bytes.max(1),

@@ -19,6 +19,7 @@ pub(crate) struct Problem {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Also say the code as `error: {code, message, ...}` with these members
     /// (the subscription APIs' clients read it there).
+    #[cfg(feature = "unstable-subscriptions")]
     pub nested: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -29,6 +30,7 @@ impl Problem {
             code,
             detail: detail.into(),
             headers: Vec::new(),
+            #[cfg(feature = "unstable-subscriptions")]
             nested: None,
         }
     }
@@ -53,6 +55,7 @@ impl Problem {
     }
 
     pub fn into_response(self) -> Response<ResponseBody> {
+        #[cfg_attr(not(feature = "unstable-subscriptions"), allow(unused_mut))]
         let mut body = serde_json::json!({
             "type": "about:blank",
             "title": self.status.canonical_reason().unwrap_or("Error"),
@@ -60,6 +63,7 @@ impl Problem {
             "code": self.code,
             "detail": self.detail,
         });
+        #[cfg(feature = "unstable-subscriptions")]
         if let Some(mut error) = self.nested {
             error.insert("code".into(), self.code.into());
             error.insert("message".into(), self.detail.clone().into());

@@ -47,6 +47,11 @@ where
             } else {
                 Bytes::new()
             };
+            if body.len() > MAX_CONTROL_BODY {
+                return Err(invalid(format!(
+                    "a subscription request's body is at most {MAX_CONTROL_BODY} bytes"
+                )));
+            }
             let parts = authorize(&inner, parts, &id, &method, rest, &body).await?;
             let parts = &*parts;
             match (method, rest) {
@@ -135,7 +140,15 @@ async fn authorize(
         return Ok(parts);
     };
     let action = match (method, rest) {
-        (&Method::PUT, []) => SubscriptionAction::Create,
+        (&Method::PUT, []) => {
+            let body: PutBody = parse(body)?;
+            SubscriptionAction::Create {
+                pattern: body.pattern,
+                streams: body.streams,
+                wake_stream: body.wake_stream,
+                webhook_url: body.webhook.map(|w| w.url),
+            }
+        }
         (&Method::GET, []) => SubscriptionAction::Read,
         (&Method::DELETE, []) => SubscriptionAction::Delete,
         (&Method::POST, ["streams"]) => {
@@ -172,6 +185,9 @@ async fn authorize(
 fn header(parts: &Parts, name: http::HeaderName) -> Option<&str> {
     parts.headers.get(name).and_then(|v| v.to_str().ok())
 }
+
+/// The largest body a subscription request may have.
+const MAX_CONTROL_BODY: usize = 256 * 1024;
 
 /// The longest subscription id accepted.
 const MAX_ID_BYTES: usize = 256;

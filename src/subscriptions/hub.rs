@@ -41,6 +41,13 @@ pub(crate) struct Hub {
     /// Append hook tasks running, and their signal when one ends.
     hooks: std::sync::atomic::AtomicUsize,
     hooks_done: tokio::sync::Notify,
+    /// With shared storage, the appends this instance took that no
+    /// subscription it knew of wanted, kept a few seconds: a subscription
+    /// made on another instance just before may not have reached this one
+    /// yet, and they are looked at again when it does.
+    recent: Mutex<std::collections::VecDeque<Recent>>,
+    /// The log version `recent` was last looked at against.
+    replayed: std::sync::atomic::AtomicU64,
     /// Whether the background tasks were started.
     started: std::sync::atomic::AtomicBool,
     deliveries: Arc<Semaphore>,
@@ -134,6 +141,8 @@ impl Hub {
             allow_development: options.allow_development_webhooks,
             shutdown,
             started: std::sync::atomic::AtomicBool::new(false),
+            recent: Mutex::new(std::collections::VecDeque::new()),
+            replayed: std::sync::atomic::AtomicU64::new(0),
             hooks: std::sync::atomic::AtomicUsize::new(0),
             hooks_done: tokio::sync::Notify::new(),
             deliveries: Arc::new(Semaphore::new(MAX_DELIVERIES)),
@@ -189,6 +198,7 @@ impl Hub {
                     if let Err(e) = log.read(|_| ()).await {
                         tracing::warn!(error = %e, "the subscription log could not be read");
                     }
+                    hub.look_at_recent(log);
                 }
             }
             tokio::select! {
@@ -329,12 +339,27 @@ impl Hub {
         // identical-configuration check (a re-confirmation is answered as is).
         if existing.as_ref() != Some(&config) {
             if let Delivery::Webhook { url } = &config.delivery {
-                check_url(url, self.allow_development).map_err(HubError::Rejected)?;
+                let target = check_url(url, self.allow_development).map_err(HubError::Rejected)?;
+                if target.uri().scheme_str() != Some("http") {
+                    // Refused now rather than accepted and never delivered.
+                    return Err(HubError::Rejected(Rejected(
+                        "this version delivers webhooks over http to development URLs only; \
+                         https delivery is not built yet"
+                            .to_owned(),
+                    )));
+                }
             }
         }
+        // Named streams that exist are linked at their tail (nothing before
+        // the subscription is delivered); the others at 0.
+        let existing: Vec<(String, u64)> = self
+            .tails_of(config.streams.iter().cloned())
+            .await
+            .into_iter()
+            .collect();
         let now = now_ms();
         let (created, _) = log
-            .change(|subs| subs.create(id, config.clone(), now, &[], base_url.clone()))
+            .change(|subs| subs.create(id, config.clone(), now, &existing, base_url.clone()))
             .await?;
         let sub = self.get(id).await?;
         Ok((created, sub))
@@ -396,6 +421,41 @@ impl Hub {
         let sub = self.get(id).await?;
         let token = self.token(id, sub.generation);
         Ok((sub, token, tails))
+    }
+
+    /// Once the log has moved on, looks at the recent unwanted appends again
+    /// and decides those that a subscription now wants.
+    fn look_at_recent(&self, log: &Log) {
+        let version = log.version();
+        if self.replayed.swap(version, Ordering::AcqRel) == version {
+            return;
+        }
+        let wanted: Vec<Recent> = {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let cutoff = std::time::Instant::now().checked_sub(RECENT_FOR);
+            recent.retain(|r| cutoff.is_none_or(|c| r.at >= c));
+            let (wanted, rest): (Vec<Recent>, Vec<Recent>) = recent
+                .drain(..)
+                .partition(|r| log.peek(|subs| !subs.interested(&r.path).is_empty()));
+            recent.extend(rest);
+            wanted
+        };
+        for r in wanted {
+            self.spawn_on_append(r.path, r.before, r.after);
+        }
+    }
+
+    /// Decides an append off the writer's path.
+    fn spawn_on_append(&self, path: String, before: u64, after: u64) {
+        let Some(hub) = self.me.upgrade() else { return };
+        hub.hooks.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            if let Err(e) = hub.on_append(path, before, after).await {
+                tracing::warn!(error = ?e, "a subscription wake could not be decided");
+            }
+            hub.hooks.fetch_sub(1, Ordering::AcqRel);
+            hub.hooks_done.notify_waiters();
+        });
     }
 
     /// Waits (briefly) until the append hook's tasks running now are done.
@@ -615,8 +675,22 @@ impl Hub {
         let answer = tokio::time::timeout(DELIVERY_TIMEOUT, post(&target, body, signature)).await;
         let done = match answer {
             Ok(Ok((status, answer))) if status.is_success() => {
-                serde_json::from_slice::<serde_json::Value>(&answer)
-                    .is_ok_and(|v| v.get("done") == Some(&serde_json::Value::Bool(true)))
+                let done = serde_json::from_slice::<serde_json::Value>(&answer)
+                    .is_ok_and(|v| v.get("done") == Some(&serde_json::Value::Bool(true)));
+                if !done && sub.retry.is_some() {
+                    // Taken at last: the wake now waits for its callback.
+                    log.change(|_| {
+                        Ok((
+                            vec![Op::Delivered {
+                                id: id.to_owned(),
+                                generation,
+                            }],
+                            (),
+                        ))
+                    })
+                    .await?;
+                }
+                done
             }
             failed => {
                 let why = match failed {
@@ -737,6 +811,19 @@ impl Hub {
     }
 }
 
+/// An append no known subscription wanted (see [`Hub::recent`]).
+#[derive(Debug)]
+struct Recent {
+    at: std::time::Instant,
+    path: String,
+    before: u64,
+    after: u64,
+}
+
+/// How long, and how many, unwanted appends are kept for a second look.
+const RECENT_FOR: Duration = Duration::from_secs(5);
+const RECENT_MAX: usize = 4096;
+
 /// Retry delay for attempt `n` (1, 2, ...): 1 s doubling to 60 s, ±20 %.
 fn backoff(n: u32) -> u64 {
     let base = 1_000u64
@@ -836,17 +923,19 @@ impl AppendObserver for Observer {
                 })
             })
         });
-        if !attention {
-            return;
-        }
-        let path = path.to_owned();
-        hub.hooks.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(async move {
-            if let Err(e) = hub.on_append(path, before, after).await {
-                tracing::warn!(error = ?e, "a subscription wake could not be decided");
+        if attention {
+            hub.spawn_on_append(path.to_owned(), before, after);
+        } else if hub.engine.is_shared() {
+            let mut recent = hub.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() >= RECENT_MAX {
+                recent.pop_front();
             }
-            hub.hooks.fetch_sub(1, Ordering::AcqRel);
-            hub.hooks_done.notify_waiters();
-        });
+            recent.push_back(Recent {
+                at: std::time::Instant::now(),
+                path: path.to_owned(),
+                before,
+                after,
+            });
+        }
     }
 }

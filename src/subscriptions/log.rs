@@ -82,6 +82,8 @@ pub(crate) struct Log {
     /// The state folded so far, readable without waiting (the append hook's
     /// first look); written only while `folded` is held.
     subs: std::sync::RwLock<Subscriptions>,
+    /// The version folded so far, readable without waiting.
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl Log {
@@ -99,6 +101,7 @@ impl Log {
             key,
             folded: tokio::sync::Mutex::new(Folded::default()),
             subs: std::sync::RwLock::new(Subscriptions::default()),
+            version: std::sync::atomic::AtomicU64::new(0),
         };
         log.catch_up(&mut *log.folded.lock().await).await?;
         Ok(log)
@@ -138,6 +141,8 @@ impl Log {
                 folded.version = entry.v;
             }
             drop(subs);
+            self.version
+                .store(folded.version, std::sync::atomic::Ordering::Release);
             folded.offset = read.end;
             if read.end >= read.tail {
                 return Ok(());
@@ -153,6 +158,11 @@ impl Log {
         let mut folded = self.folded.lock().await;
         self.catch_up(&mut folded).await?;
         Ok(look(&self.subs.read().unwrap_or_else(|e| e.into_inner())))
+    }
+
+    /// The version folded so far (it only grows).
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Runs `look` on the state as folded so far, without waiting for a

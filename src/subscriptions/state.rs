@@ -226,6 +226,12 @@ pub(crate) enum Op {
         attempt: u32,
         at_ms: u64,
     },
+    /// A webhook delivery that the receiver took (2xx) after failed ones:
+    /// no more retries for it.
+    Delivered {
+        id: String,
+        generation: u64,
+    },
 }
 
 /// Why a request was refused; the HTTP layer maps each to a status and code.
@@ -864,6 +870,13 @@ impl Subscriptions {
                     }
                 }
             }
+            Op::Delivered { id, generation } => {
+                if let Some(sub) = self.all.get_mut(id) {
+                    if sub.generation == *generation {
+                        sub.retry = None;
+                    }
+                }
+            }
         }
     }
 
@@ -1360,6 +1373,27 @@ mod tests {
         assert_eq!(w.sub("s").retry, None);
         w.append("events/a", 1, 2);
         assert_eq!(w.sub("s").generation, 2, "later appends still wake it");
+    }
+
+    #[test]
+    fn a_delivery_taken_after_failures_stops_the_retries() {
+        let mut w = World::default();
+        w.create("s", webhook("events/*"));
+        w.append("events/a", 5, 0);
+        w.record(vec![Op::Retry {
+            id: "s".into(),
+            generation: 1,
+            attempt: 1,
+            at_ms: 1_000,
+        }]);
+        assert!(w.sub("s").retry.is_some());
+        w.record(vec![Op::Delivered {
+            id: "s".into(),
+            generation: 1,
+        }]);
+        let sub = w.sub("s");
+        assert_eq!(sub.retry, None);
+        assert!(sub.wake.is_some(), "the wake waits for its callback");
     }
 
     #[test]
