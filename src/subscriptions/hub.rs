@@ -900,11 +900,15 @@ impl AppendObserver for Observer {
         }
         let Some(hub) = self.0.upgrade() else { return };
         if hub.log.get().is_none() {
-            // Subscriptions made before a restart: open the log (and start
-            // the sweeper, which wakes what this append should have).
+            // Subscriptions made before a restart: open the log, then decide
+            // this append against it.
+            let path = path.to_owned();
             tokio::spawn(async move {
-                if let Err(e) = hub.log().await {
-                    tracing::warn!(error = %e, "the subscription log could not be opened");
+                match hub.log().await {
+                    Ok(_) => hub.spawn_on_append(path, before, after),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the subscription log could not be opened");
+                    }
                 }
             });
             return;
