@@ -399,7 +399,9 @@ fn subscriptions(
             });
         options = options.signing_seed(seed);
     }
-    tracing::warn!("the subscription APIs are on: they are unstable and not authorized yet");
+    tracing::warn!(
+        "the subscription APIs are on: they are unstable, and this server does not authorize them"
+    );
     builder.subscriptions(options)
 }
 
