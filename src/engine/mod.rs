@@ -23,6 +23,8 @@ mod lifecycle;
 mod producer;
 mod read;
 mod registry;
+#[cfg(feature = "unstable-subscriptions")]
+pub(crate) use registry::now_ms;
 mod rules;
 mod sync;
 

@@ -119,7 +119,8 @@ impl Handle {
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
@@ -16,7 +16,7 @@ use super::state::{Delivery, Op, Refusal, Subscription};
 use super::target::{check_resolved, check_url, Rejected, Target};
 use super::token::{Claims, TokenKey};
 use super::SubscriptionOptions;
-use crate::engine::{AppendObserver, AppendRequest, BodyType, Engine, Key, StreamError};
+use crate::engine::{now_ms, AppendObserver, AppendRequest, BodyType, Engine, Key, StreamError};
 use crate::protocol::Offset;
 
 /// How long a webhook delivery may take, connection to answer.
@@ -92,12 +92,6 @@ impl From<Refusal> for HubError {
     fn from(r: Refusal) -> Self {
         HubError::Refused(r)
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn wake_id() -> String {
@@ -277,15 +271,7 @@ impl Hub {
                     .collect()
             });
             for id in pending {
-                let (_, ops) = log
-                    .change(|subs| {
-                        Ok((
-                            subs.rewake_idle(&id, now, |p| tails.get(p).copied(), wake_id),
-                            (),
-                        ))
-                    })
-                    .await?;
-                self.effects(&ops).await;
+                self.look_again(&id).await;
             }
         }
         for (id, generation) in due {
@@ -501,22 +487,41 @@ impl Hub {
         id: &str,
         report: &super::state::Report,
     ) -> Result<bool, HubError> {
+        self.holder_reports(id, report, false).await
+    }
+
+    /// What a wake's holder reports: a callback or an ack, or (`release`)
+    /// giving the wake back. Whether a new wake follows.
+    async fn holder_reports(
+        &self,
+        id: &str,
+        report: &super::state::Report,
+        release: bool,
+    ) -> Result<bool, HubError> {
         let log = self.log().await?;
         let tails = self.tails_for(&[id.to_owned()]).await?;
         let now = now_ms();
         let (again, ops) = log
-            .change(|subs| subs.report(id, report, now, |p| tails.get(p).copied(), wake_id))
+            .change(|subs| {
+                let tails = |p: &str| tails.get(p).copied();
+                if release {
+                    subs.release(id, report, now, tails, wake_id)
+                } else {
+                    subs.report(id, report, now, tails, wake_id)
+                }
+            })
             .await?;
         self.effects(&ops).await;
-        if report.done && !again {
+        if (release || report.done) && !again {
             self.look_again(id).await;
         }
         Ok(again)
     }
 
-    /// After a wake ended with nothing pending by the tails read before it
-    /// ended: read them again, for an append that came in between (its hook
-    /// saw the wake still out and left it to this).
+    /// Wakes `id` if it is idle with work pending by the tails read now: after
+    /// a wake ended with nothing pending by the tails read before it ended
+    /// (an append in between saw the wake still out and left it to this), and
+    /// for the sweeper's idle subscriptions.
     async fn look_again(&self, id: &str) {
         let Ok(log) = self.opened() else { return };
         let Ok(tails) = self.tails_for(&[id.to_owned()]).await else {
@@ -545,17 +550,7 @@ impl Hub {
         id: &str,
         report: &super::state::Report,
     ) -> Result<(), HubError> {
-        let log = self.log().await?;
-        let tails = self.tails_for(&[id.to_owned()]).await?;
-        let now = now_ms();
-        let (again, ops) = log
-            .change(|subs| subs.release(id, report, now, |p| tails.get(p).copied(), wake_id))
-            .await?;
-        self.effects(&ops).await;
-        if !again {
-            self.look_again(id).await;
-        }
-        Ok(())
+        self.holder_reports(id, report, true).await.map(drop)
     }
 
     /// An append to `path` (relative to the root) moved its tail.
