@@ -746,20 +746,8 @@ impl Hub {
         let Some(wake) = &sub.wake else {
             return Bytes::new();
         };
-        let streams: Vec<serde_json::Value> = sub
-            .links
-            .iter()
-            .map(|(path, link)| {
-                let tail = wake.snapshot.get(path).copied().unwrap_or(link.acked);
-                serde_json::json!({
-                    "path": path,
-                    "link_type": if link.explicit { "explicit" } else { "glob" },
-                    "acked_offset": offset(link.acked),
-                    "tail_offset": offset(tail),
-                    "has_pending": tail > link.acked,
-                })
-            })
-            .collect();
+        // The wake's snapshot gives the tails: what `done` acknowledges.
+        let streams = Hub::streams_json(sub, &HashMap::new());
         let callback_url = sub
             .base_url
             .as_deref()
