@@ -38,6 +38,7 @@ testkit_on_postgres!(
     append_state_is_persisted,
     reads_are_bounded,
     fork_records_start_at_their_position,
+    lists_by_prefix_in_pages,
 );
 
 #[tokio::test]

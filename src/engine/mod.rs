@@ -259,6 +259,48 @@ impl Engine {
         self.shared
     }
 
+    /// The keys of live streams that start with `prefix`, in byte order, at
+    /// most `limit` (and whether there were more): from the registry, which
+    /// holds every stream of a backend one process owns, or page by page
+    /// from shared storage.
+    #[cfg(feature = "unstable-subscriptions")]
+    pub(crate) async fn list(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<(Vec<Key>, bool), StreamError> {
+        self.ready().await?;
+        if !self.shared {
+            let mut keys = self
+                .registry
+                .scan(|_, _| true)
+                .into_iter()
+                .filter(|k| k.as_str().starts_with(prefix))
+                .collect::<Vec<_>>();
+            keys.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+            let more = keys.len() > limit;
+            keys.truncate(limit);
+            return Ok((keys, more));
+        }
+        const PAGE: usize = 1_000;
+        let mut keys = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let want = PAGE.min(limit + 1 - keys.len());
+            let page = self.storage.list(prefix, after.as_deref(), want).await?;
+            let full = page.len() == want;
+            after = page.last().cloned();
+            keys.extend(page.into_iter().map(Key::trusted));
+            if keys.len() > limit {
+                keys.truncate(limit);
+                return Ok((keys, true));
+            }
+            if !full {
+                return Ok((keys, false));
+            }
+        }
+    }
+
     /// Sets the observer of appends; `false` if one is set already.
     #[cfg(feature = "unstable-subscriptions")]
     pub(crate) fn observe(&self, observer: Arc<dyn AppendObserver>) -> bool {

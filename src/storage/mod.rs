@@ -496,6 +496,39 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// every fork).
     fn delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()>;
 
+    /// The keys of live (not soft-deleted) streams that start with `prefix`,
+    /// in byte order, after `after` if given, at most `limit` of them: pages
+    /// of a listing, which subscriptions use to link the streams a new
+    /// pattern matches.
+    ///
+    /// The default reads every record with [`load`](Storage::load); a backend
+    /// holding many streams should answer from an index. The engine asks only
+    /// backends that several instances share (it keeps every other
+    /// backend's streams in memory).
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StorageFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let mut keys: Vec<String> = self
+                .load()
+                .await?
+                .into_iter()
+                .filter(|(key, record)| {
+                    !record.soft_deleted
+                        && key.starts_with(prefix)
+                        && after.is_none_or(|after| key.as_str() > after)
+                })
+                .map(|(key, _)| key)
+                .collect();
+            keys.sort_unstable();
+            keys.truncate(limit);
+            Ok(keys)
+        })
+    }
+
     /// What the backend offers when several service instances share it; `None`
     /// (the default) for a backend that one process owns.
     fn shared(&self) -> Option<&dyn SharedStorage> {
@@ -551,6 +584,15 @@ impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
 
     fn delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()> {
         (**self).delete(key)
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StorageFuture<'a, Vec<String>> {
+        (**self).list(prefix, after, limit)
     }
 
     fn shared(&self) -> Option<&dyn SharedStorage> {

@@ -229,6 +229,32 @@ pub async fn delete_and_soft_delete(store: impl Storage) {
     assert_eq!(recreated, CreateOutcome::Created);
 }
 
+/// Listing: live streams under a prefix, in byte order, in pages.
+pub async fn lists_by_prefix_in_pages(store: impl Storage) {
+    for (id, key) in ["/a/2", "/a/1", "/a/10", "/ab", "/b/1", "/a/gone"]
+        .into_iter()
+        .enumerate()
+    {
+        store
+            .create(key, record(id as u64 + 1), Bytes::new())
+            .await
+            .expect("create");
+    }
+    store.soft_delete("/a/gone").await.expect("soft delete");
+    let all = store.list("/a/", None, 100).await.expect("list");
+    assert_eq!(
+        all,
+        ["/a/1", "/a/10", "/a/2"],
+        "soft-deleted and others left out"
+    );
+    let first = store.list("/a/", None, 2).await.expect("list");
+    assert_eq!(first, ["/a/1", "/a/10"]);
+    let rest = store.list("/a/", Some("/a/10"), 2).await.expect("list");
+    assert_eq!(rest, ["/a/2"]);
+    assert_eq!(store.list("/a", None, 100).await.expect("list").len(), 4);
+    assert!(store.list("/c", None, 100).await.expect("list").is_empty());
+}
+
 /// Appends are pipelined: several submitted before any is awaited are applied
 /// in submission order, each checked against the state the ones before it
 /// leave (the engine submits a stream's next append before the previous one
@@ -404,7 +430,8 @@ macro_rules! storage_testkit {
             append_state_is_persisted,
             reads_are_bounded,
             fork_records_start_at_their_position,
-            delete_and_soft_delete
+            delete_and_soft_delete,
+            lists_by_prefix_in_pages
         );
         $($crate::storage_testkit!(@extra $extra $value);)*
     };

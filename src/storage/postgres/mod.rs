@@ -405,6 +405,20 @@ fn record_of(row: &Row) -> Result<(String, StreamRecord), StorageError> {
     Ok((key, record))
 }
 
+/// The least text above every text that starts with `prefix`, in byte
+/// order, if there is one that is valid UTF-8 to name.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 impl Storage for PostgresStorage {
     fn load(&self) -> StorageFuture<'_, Vec<(String, StreamRecord)>> {
         Box::pin(self.with_client(|client| async move {
@@ -414,6 +428,37 @@ impl Storage for PostgresStorage {
                 .await
                 .map_err(unavailable_or_backend)?;
             rows.iter().map(record_of).collect()
+        }))
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StorageFuture<'a, Vec<String>> {
+        Box::pin(self.with_client(move |client| async move {
+            // Byte order (the "C" collation) whatever the database's, so
+            // pages follow on from `after` as the trait says.
+            // Byte order (the "C" collation, indexed since schema version 2)
+            // whatever the database's, so pages follow on from `after` as
+            // the trait says, and the range ends where the prefix does.
+            let sql = "SELECT key FROM ds_streams \
+                       WHERE key COLLATE \"C\" >= $1 AND key COLLATE \"C\" > $2 \
+                       AND ($3::text IS NULL OR key COLLATE \"C\" < $3) \
+                       AND starts_with(key, $1) AND NOT soft_deleted \
+                       ORDER BY key COLLATE \"C\" LIMIT $4";
+            let statement = client
+                .prepare_cached(sql)
+                .await
+                .map_err(unavailable_or_backend)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let end = prefix_end(prefix);
+            let rows = client
+                .query(&statement, &[&prefix, &after.unwrap_or(""), &end, &limit])
+                .await
+                .map_err(unavailable_or_backend)?;
+            Ok(rows.iter().map(|row| row.get::<_, String>(0)).collect())
         }))
     }
 
@@ -723,5 +768,21 @@ impl SharedStorage for PostgresStorage {
                 .map_err(unavailable_or_backend)?;
             Ok(row.get(0))
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn a_prefix_ends_below_its_next_sibling() {
+        assert_eq!(prefix_end("/a/").as_deref(), Some("/a0"));
+        assert_eq!(prefix_end("").as_deref(), None);
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        for key in ["/a/", "/a/b", "/a/\u{10FFFF}"] {
+            assert!(key < prefix_end("/a/").unwrap().as_str());
+        }
     }
 }

@@ -11,7 +11,7 @@ const MIGRATION_LOCK: i64 = 0x6473_6d69_6772_6174;
 
 /// Every migration, in order. A released migration never changes; a new
 /// schema version is a new entry.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
 
 const V1: &str = r#"
 CREATE TABLE ds_streams (
@@ -226,6 +226,12 @@ CREATE TABLE ds_leases (
     holder text NOT NULL,
     until timestamptz NOT NULL
 );
+"#;
+
+/// Version 2: stream keys in byte order, for listings under a prefix
+/// (`Storage::list`, which subscriptions use to link existing streams).
+const V2: &str = r#"
+CREATE INDEX ds_streams_key_bytes ON ds_streams (key COLLATE "C");
 "#;
 
 /// Creates the schema if needed and applies every migration not applied yet.

@@ -192,6 +192,18 @@ impl<S: Storage> Storage for FailingStorage<S> {
         }
     }
 
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StorageFuture<'a, Vec<String>> {
+        match self.switch.check(Method::Load) {
+            Ok(()) => self.inner.list(prefix, after, limit),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+
     fn soft_delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()> {
         match self.switch.check(Method::SoftDelete) {
             Ok(()) => self.inner.soft_delete(key),
