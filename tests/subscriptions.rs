@@ -70,6 +70,35 @@ struct Received {
 
 /// A webhook receiver on 127.0.0.1 answering every request with `answer`.
 async fn receiver(answer: &'static str) -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
+    receive_with(answer, None).await
+}
+
+/// A receiver like [`receiver`] behind TLS, with a certificate for
+/// `localhost` signed by itself: its address, what it got, and the
+/// certificate (DER) for the server to trust.
+async fn tls_receiver(answer: &'static str) -> (SocketAddr, Arc<Mutex<Vec<Received>>>, Vec<u8>) {
+    use tokio_rustls::rustls;
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let cert = generated.cert.der().to_vec();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.clone().into()], key.into())
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (address, got) = receive_with(answer, Some(acceptor)).await;
+    (address, got, cert)
+}
+
+async fn receive_with(
+    answer: &'static str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -80,6 +109,7 @@ async fn receiver(answer: &'static str) -> (SocketAddr, Arc<Mutex<Vec<Received>>
                 return;
             };
             let seen = seen.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |request: http::Request<hyper::body::Incoming>| {
@@ -98,9 +128,20 @@ async fn receiver(answer: &'static str) -> (SocketAddr, Arc<Mutex<Vec<Received>>
                         }
                     },
                 );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
-                    .await;
+                let http1 = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    Some(tls) => {
+                        let Ok(socket) = tls.accept(socket).await else {
+                            return;
+                        };
+                        let io = hyper_util::rt::TokioIo::new(socket);
+                        let _ = http1.serve_connection(io, service).await;
+                    }
+                    None => {
+                        let io = hyper_util::rt::TokioIo::new(socket);
+                        let _ = http1.serve_connection(io, service).await;
+                    }
+                }
             });
         }
     });
@@ -453,19 +494,42 @@ async fn the_hosts_authorize_hook_decides_who_subscribes_and_claims() {
 }
 
 #[tokio::test]
-async fn named_streams_start_at_their_tail_and_https_is_refused_until_it_is_delivered() {
+async fn existing_streams_are_linked_at_their_tail_when_a_subscription_is_made() {
     let service = service(dev());
     put(&service, "/wake/n", "application/json", b"[]").await;
     put(&service, "/jobs/old", "application/json", br#"{"n":1}"#).await;
+    put(&service, "/jobs/older", "application/json", br#"{"n":1}"#).await;
+    put(&service, "/other/x", "application/json", br#"{"n":1}"#).await;
     let created = put_json(
         &service,
         "/__ds/subscriptions/n",
-        serde_json::json!({"type": "pull-wake", "streams": ["jobs/old"], "wake_stream": "wake/n"}),
+        serde_json::json!({"type": "pull-wake", "pattern": "jobs/*", "streams": ["named/later"], "wake_stream": "wake/n"}),
     )
     .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
     let tail = get(&service, "/jobs/old").await.next_offset();
-    assert_eq!(created.json()["streams"][0]["acked_offset"], tail.as_str());
+    let links = created.json()["streams"].clone();
+    let linked: Vec<(&str, &str, &str)> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["path"].as_str().unwrap(),
+                l["link_type"].as_str().unwrap(),
+                l["acked_offset"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let zero = "0000000000000000_0000000000000000";
+    assert_eq!(
+        linked,
+        [
+            ("jobs/old", "glob", tail.as_str()),
+            ("jobs/older", "glob", tail.as_str()),
+            ("named/later", "explicit", zero),
+        ]
+    );
     // Nothing before the subscription is work.
     let claim = post_json(
         &service,
@@ -475,11 +539,113 @@ async fn named_streams_start_at_their_tail_and_https_is_refused_until_it_is_deli
     )
     .await;
     assert_eq!(claim.json()["error"]["code"], "NO_PENDING_WORK");
-    let https = put_json(
-        &service,
-        "/__ds/subscriptions/h",
-        serde_json::json!({"type": "webhook", "pattern": "a/*", "webhook": {"url": "https://hooks.example.com/x"}}),
+    // A pattern over more existing streams than the server links is refused.
+    let narrow = self::service(dev().max_backfill_streams(1));
+    put(&narrow, "/jobs/a", "application/json", br#"{"n":1}"#).await;
+    put(&narrow, "/jobs/b", "application/json", br#"{"n":1}"#).await;
+    let wide = put_json(
+        &narrow,
+        "/__ds/subscriptions/wide",
+        serde_json::json!({"type": "webhook", "pattern": "jobs/**", "webhook": {"url": "https://hooks.example.com/x"}}),
     )
     .await;
-    assert_eq!(https.json()["error"]["code"], "WEBHOOK_URL_REJECTED");
+    assert_eq!(wide.status, StatusCode::BAD_REQUEST);
+    assert!(
+        wide.text().contains("max_backfill_streams"),
+        "{}",
+        wide.text()
+    );
+}
+
+#[tokio::test]
+async fn https_webhooks_are_delivered_to_a_receiver_the_server_trusts() {
+    let (address, got, cert) = tls_receiver(r#"{"done":true}"#).await;
+    let url = format!("https://localhost:{}/hook", address.port());
+    // Without its certificate the receiver is not trusted: the delivery
+    // fails and is retried, and nothing reaches it.
+    let untrusting = service(dev());
+    let created = put_json(
+        &untrusting,
+        "/__ds/subscriptions/t",
+        serde_json::json!({"type": "webhook", "pattern": "tls/*", "webhook": {"url": url}}),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    put(&untrusting, "/tls/a", "application/json", br#"{"n":1}"#).await;
+    let mut failed = false;
+    for _ in 0..300 {
+        let sub = get(&untrusting, "/__ds/subscriptions/t").await.json();
+        if sub["status"] == "failed" {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(failed, "an untrusted certificate must fail the delivery");
+    assert!(got.lock().unwrap().iter().all(|r| r.signature.is_none()));
+
+    let service = service(dev().add_webhook_root_certificate(cert));
+    put_json(
+        &service,
+        "/__ds/subscriptions/t",
+        serde_json::json!({"type": "webhook", "pattern": "tls/*", "webhook": {"url": url}}),
+    )
+    .await;
+    put(&service, "/tls/a", "application/json", br#"{"n":1}"#).await;
+    let delivery = first_request(&got).await;
+    let jwks = get(&service, "/__ds/jwks.json").await.json();
+    let header = delivery.signature.expect("a signature header");
+    assert!(verify(&header, &delivery.body, &jwks), "{header}");
+    let wake: serde_json::Value = serde_json::from_slice(&delivery.body).unwrap();
+    let tail = wake["streams"][0]["tail_offset"].clone();
+    for _ in 0..300 {
+        let sub = get(&service, "/__ds/subscriptions/t").await.json();
+        if sub["streams"][0]["acked_offset"] == tail {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the wake was not acknowledged");
+}
+
+#[tokio::test]
+async fn a_root_certificate_that_does_not_parse_fails_the_build() {
+    let built = DurableStreamsService::builder()
+        .subscriptions(SubscriptionOptions::new().add_webhook_root_certificate(b"junk".to_vec()))
+        .build();
+    let Err(error) = built else {
+        panic!("a root certificate that does not parse must be refused");
+    };
+    let error = error.to_string();
+    assert!(error.contains("subscription"), "{error}");
+}
+
+#[tokio::test]
+async fn without_a_configured_seed_the_signing_key_is_kept_in_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || async {
+        let storage = FileStorage::open(dir.path(), Durability::Fsync).unwrap();
+        DurableStreamsService::builder()
+            .storage(storage)
+            .subscriptions(dev())
+            .build()
+            .unwrap()
+    };
+    let first = open().await;
+    let jwks = get(&first, "/__ds/jwks.json").await.json();
+    let kid = jwks["keys"][0]["kid"].clone();
+    assert!(kid.as_str().is_some_and(|k| k.starts_with("ds_")), "{kid}");
+    drop(first);
+    let second = open().await;
+    assert_eq!(get(&second, "/__ds/jwks.json").await.json(), jwks);
+    // A seed from the host takes precedence over the stored key.
+    drop(second);
+    let storage = FileStorage::open(dir.path(), Durability::Fsync).unwrap();
+    let seeded = DurableStreamsService::builder()
+        .storage(storage)
+        .subscriptions(dev().signing_seed([3; 32]))
+        .build()
+        .unwrap();
+    let other = get(&seeded, "/__ds/jwks.json").await.json();
+    assert_ne!(other["keys"][0]["kid"], kid);
 }

@@ -66,11 +66,13 @@ pub enum BuildError {
         /// The largest body.
         append: usize,
     },
-    /// The subscriptions' signing key could not be made (the system's
-    /// random source failed).
+    /// The subscription APIs could not be set up (a webhook root
+    /// certificate given to
+    /// [`SubscriptionOptions::add_webhook_root_certificate`](crate::SubscriptionOptions::add_webhook_root_certificate)
+    /// does not parse).
     #[cfg(feature = "unstable-subscriptions")]
-    #[error("the webhook signing key could not be made: {0}")]
-    SigningKey(String),
+    #[error("the subscription APIs could not be set up: {0}")]
+    Subscriptions(String),
 }
 
 /// Configures a [`DurableStreamsService`].
@@ -451,7 +453,7 @@ impl Builder {
         let hub = match &self.subscriptions {
             Some(options) => Some(
                 crate::subscriptions::hub::Hub::new(engine.clone(), options, shutdown.clone())
-                    .map_err(|e| BuildError::SigningKey(e.to_string()))?,
+                    .map_err(|e| BuildError::Subscriptions(e.to_string()))?,
             ),
             None => None,
         };

@@ -39,7 +39,10 @@ where
     let segments: Vec<&str> = path.trim_start_matches("/__ds/").split('/').collect();
     let method = parts.method.clone();
     match (method.clone(), segments.as_slice()) {
-        (Method::GET, ["jwks.json"]) => Ok(jwks(&hub)),
+        (Method::GET, ["jwks.json"]) => {
+            let body = hub.jwks().await.map_err(|e| problem(HubError::Stream(e)))?;
+            Ok(jwks(body))
+        }
         (_, ["subscriptions", id, rest @ ..]) => {
             let id = subscription_id(id)?;
             let body = if matches!(method, Method::PUT | Method::POST) {
@@ -90,6 +93,7 @@ where
                 (Method::POST, ["callback" | "ack"]) => {
                     let generation = hub
                         .check_token(&id, header(parts, AUTHORIZATION))
+                        .await
                         .map_err(problem)?;
                     let report = report(&body, generation, true)?;
                     let next_wake = hub.report(&id, &report).await.map_err(problem)?;
@@ -101,6 +105,7 @@ where
                 (Method::POST, ["release"]) => {
                     let generation = hub
                         .check_token(&id, header(parts, AUTHORIZATION))
+                        .await
                         .map_err(problem)?;
                     let report = report(&body, generation, false)?;
                     hub.release(&id, &report).await.map_err(problem)?;
@@ -302,8 +307,7 @@ fn json_response(status: StatusCode, body: Value) -> Response<ResponseBody> {
     response
 }
 
-fn jwks(hub: &Hub) -> Response<ResponseBody> {
-    let body = crate::subscriptions::signing::jwks(&[&hub.signing]);
+fn jwks(body: Vec<u8>) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::from(Bytes::from(body)));
     let headers = response.headers_mut();
     headers.insert(
@@ -401,7 +405,7 @@ fn view(inner: &Inner, hub: &Hub, parts: &Parts, sub: &Subscription) -> Value {
                 "url": url,
                 "signing": {
                     "alg": "ed25519",
-                    "kid": hub.signing.kid(),
+                    "kid": hub.kid(),
                     "jwks_url": absolute_url(inner, parts, "/__ds/jwks.json"),
                 },
             }),

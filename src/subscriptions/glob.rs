@@ -78,6 +78,27 @@ impl Pattern {
         &self.text
     }
 
+    /// The text every matching name starts with: the literal leading
+    /// segments, each followed by `/` when another segment must follow (not
+    /// before `**`, which may match none). A listing of the names under it
+    /// holds every match.
+    pub(crate) fn name_prefix(&self) -> String {
+        let mut prefix = String::new();
+        for (i, segment) in self.segments.iter().enumerate() {
+            let Segment::Literal(text) = segment else {
+                break;
+            };
+            prefix.push_str(text);
+            if matches!(
+                self.segments.get(i + 1),
+                Some(Segment::Literal(_) | Segment::One)
+            ) {
+                prefix.push('/');
+            }
+        }
+        prefix
+    }
+
     /// Whether `name` (relative to the stream root, no leading `/`) matches.
     pub(crate) fn matches(&self, name: &str) -> bool {
         let parts: Vec<&str> = name.split('/').collect();
@@ -359,5 +380,24 @@ mod tests {
         assert!(index.remove(&p, &"b"));
         assert!(index.root.children.is_empty());
         assert_eq!(index.len(), 0);
+    }
+
+    #[test]
+    fn every_match_starts_with_the_literal_prefix() {
+        for (pattern, prefix) in [
+            ("a/b/*", "a/b/"),
+            ("a/**", "a"),
+            ("**", ""),
+            ("*/x", ""),
+            ("a/b", "a/b"),
+            ("a/*/c", "a/"),
+        ] {
+            let parsed = Pattern::parse(pattern).unwrap();
+            assert_eq!(parsed.name_prefix(), prefix, "{pattern}");
+        }
+        let pattern = Pattern::parse("a/**").unwrap();
+        for name in ["a", "a/x", "a/x/y"] {
+            assert!(pattern.matches(name) && name.starts_with(&pattern.name_prefix()));
+        }
     }
 }

@@ -10,10 +10,11 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::client::WebhookClient;
 use super::log::{ChangeError, Log};
 use super::signing::SigningKey;
 use super::state::{Delivery, Op, Refusal, Subscription};
-use super::target::{check_resolved, check_url, Rejected, Target};
+use super::target::{check_url, Rejected};
 use super::token::{Claims, TokenKey};
 use super::SubscriptionOptions;
 use crate::engine::{now_ms, AppendObserver, AppendRequest, BodyType, Engine, Key, StreamError};
@@ -21,8 +22,6 @@ use crate::protocol::Offset;
 
 /// How long a webhook delivery may take, connection to answer.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most of a webhook's answer that is read (only `done` matters).
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Deliveries in flight at once.
 const MAX_DELIVERIES: usize = 64;
 /// How often leases and retries are looked at.
@@ -34,9 +33,15 @@ const TOKEN_SECONDS: u64 = 3600;
 pub(crate) struct Hub {
     engine: Arc<Engine>,
     log: tokio::sync::OnceCell<Log>,
-    pub(crate) signing: SigningKey,
-    tokens: TokenKey,
+    /// The seed the host gave, if any.
+    seed: Option<[u8; 32]>,
+    /// The keys, once the log is open (from the host's seed, or the one
+    /// recorded in the log).
+    keys: std::sync::OnceLock<Keys>,
     allow_development: bool,
+    /// The most existing streams a new pattern may link.
+    max_backfill: usize,
+    client: WebhookClient,
     shutdown: CancellationToken,
     /// Append hook tasks running, and their signal when one ends.
     hooks: std::sync::atomic::AtomicUsize,
@@ -56,10 +61,25 @@ pub(crate) struct Hub {
     me: Weak<Hub>,
 }
 
+/// Webhook signing and the tokens derived from the same seed.
+struct Keys {
+    signing: SigningKey,
+    tokens: TokenKey,
+}
+
+impl Keys {
+    fn from_seed(seed: &[u8; 32]) -> Keys {
+        Keys {
+            signing: SigningKey::from_seed(seed),
+            tokens: TokenKey::derive(seed),
+        }
+    }
+}
+
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub")
-            .field("kid", &self.signing.kid())
+            .field("kid", &self.keys.get().map(|k| k.signing.kid()))
             .finish_non_exhaustive()
     }
 }
@@ -122,17 +142,15 @@ impl Hub {
         options: &SubscriptionOptions,
         shutdown: CancellationToken,
     ) -> std::io::Result<Arc<Hub>> {
-        let signing = match options.signing_seed {
-            Some(seed) => SigningKey::from_seed(&seed),
-            None => SigningKey::generate()?,
-        };
-        let tokens = TokenKey::derive(&signing.seed());
+        let client = WebhookClient::new(&options.webhook_roots)?;
         let hub = Arc::new_cyclic(|me| Hub {
             engine: engine.clone(),
             log: tokio::sync::OnceCell::new(),
-            signing,
-            tokens,
+            seed: options.signing_seed,
+            keys: std::sync::OnceLock::new(),
             allow_development: options.allow_development_webhooks,
+            max_backfill: options.max_backfill_streams,
+            client,
             shutdown,
             started: std::sync::atomic::AtomicBool::new(false),
             recent: Mutex::new(std::collections::VecDeque::new()),
@@ -151,18 +169,82 @@ impl Hub {
     pub(crate) async fn log(&self) -> Result<&Log, StreamError> {
         let log = self
             .log
-            .get_or_try_init(|| Log::open(self.engine.clone()))
+            .get_or_try_init(|| async {
+                let log = Log::open(self.engine.clone()).await?;
+                if self.keys.get().is_none() {
+                    let keys = self.establish_keys(&log).await?;
+                    let _ = self.keys.set(keys);
+                }
+                Ok::<Log, StreamError>(log)
+            })
             .await?;
         if !self.started.swap(true, Ordering::AcqRel) {
             let (me, shutdown) = (self.me.clone(), self.shutdown.clone());
-            tokio::spawn(Hub::follow(
-                me.clone(),
-                self.engine.clone(),
-                shutdown.clone(),
-            ));
+            tokio::spawn(Hub::follow(me.clone(), shutdown.clone()));
             tokio::spawn(Hub::sweep(me, shutdown));
         }
         Ok(log)
+    }
+
+    /// The keys: from the host's seed, or else the seed recorded in the log,
+    /// recording a new one if there is none yet (the first instance to
+    /// record one wins the version race; the others adopt it).
+    async fn establish_keys(&self, log: &Log) -> Result<Keys, StreamError> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        if let Some(seed) = &self.seed {
+            return Ok(Keys::from_seed(seed));
+        }
+        let fresh = SigningKey::generate().map_err(crate::storage::StorageError::Io)?;
+        let fresh = b64.encode(fresh.seed());
+        log.change(|subs| Ok((subs.keep_signing_seed(&fresh), ())))
+            .await
+            .map_err(|e| match e {
+                ChangeError::Stream(e) => e,
+                ChangeError::Refused(r) => {
+                    StreamError::Storage(crate::storage::StorageError::Corrupt(format!("{r:?}")))
+                }
+            })?;
+        let stored = log
+            .read(|subs| subs.signing_seed().map(str::to_owned))
+            .await?
+            .unwrap_or(fresh);
+        let seed: [u8; 32] = b64
+            .decode(stored.as_bytes())
+            .ok()
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| {
+                StreamError::Storage(crate::storage::StorageError::Corrupt(
+                    "the subscription log's signing key is not a 32-byte seed".to_owned(),
+                ))
+            })?;
+        Ok(Keys::from_seed(&seed))
+    }
+
+    /// The keys, opening the log first if needed.
+    async fn keys(&self) -> Result<&Keys, StreamError> {
+        self.log().await?;
+        self.opened_keys()
+    }
+
+    /// The keys, once the log is open.
+    fn opened_keys(&self) -> Result<&Keys, StreamError> {
+        self.keys.get().ok_or_else(|| {
+            StreamError::Unavailable(crate::storage::StorageError::Unavailable(
+                "the subscription signing key is not loaded yet".into(),
+            ))
+        })
+    }
+
+    /// The key set served at `__ds/jwks.json`.
+    pub(crate) async fn jwks(&self) -> Result<Vec<u8>, StreamError> {
+        let keys = self.keys().await?;
+        Ok(super::signing::jwks(&[&keys.signing]))
+    }
+
+    /// The signing key's id (empty before the log is open).
+    pub(crate) fn kid(&self) -> &str {
+        self.keys.get().map_or("", |k| k.signing.kid())
     }
 
     /// The log, once [`log`](Self::log) has opened it (what the background
@@ -179,12 +261,15 @@ impl Hub {
     /// state the append hook looks at stays current.
     /// Holds the hub only while it works, so that dropping the service
     /// ends it.
-    async fn follow(me: Weak<Hub>, engine: Arc<Engine>, shutdown: CancellationToken) {
+    async fn follow(me: Weak<Hub>, shutdown: CancellationToken) {
         let key = Key::trusted("/__ds/subscriptions".to_owned());
-        let Ok(mut rx) = engine.subscribe(&key).await else {
+        let subscribed = match me.upgrade() {
+            Some(hub) => hub.engine.subscribe(&key).await,
+            None => return,
+        };
+        let Ok(mut rx) = subscribed else {
             return;
         };
-        drop(engine);
         loop {
             {
                 let Some(hub) = me.upgrade() else { return };
@@ -325,30 +410,55 @@ impl Hub {
         // identical-configuration check (a re-confirmation is answered as is).
         if existing.as_ref() != Some(&config) {
             if let Delivery::Webhook { url } = &config.delivery {
-                let target = check_url(url, self.allow_development).map_err(HubError::Rejected)?;
-                if target.uri().scheme_str() != Some("http") {
-                    // Refused now rather than accepted and never delivered.
-                    return Err(HubError::Rejected(Rejected(
-                        "this version delivers webhooks over http to development URLs only; \
-                         https delivery is not built yet"
-                            .to_owned(),
-                    )));
-                }
+                check_url(url, self.allow_development).map_err(HubError::Rejected)?;
             }
         }
-        // Named streams that exist are linked at their tail (nothing before
-        // the subscription is delivered); the others at 0.
-        let existing: Vec<(String, u64)> = self
-            .tails_of(config.streams.iter().cloned())
-            .await
-            .into_iter()
-            .collect();
+        // Named streams that exist, and those the pattern matches, are linked
+        // at their tail (nothing before the subscription is delivered); named
+        // streams that do not exist yet at 0.
+        let mut paths = config.streams.clone();
+        if existing.is_none() {
+            paths.extend(self.backfill(&config).await?);
+        }
+        let existing: Vec<(String, u64)> = self.tails_of(paths).await.into_iter().collect();
         let now = now_ms();
         let (created, _) = log
             .change(|subs| subs.create(id, config.clone(), now, &existing, base_url.clone()))
             .await?;
         let sub = self.get(id).await?;
         Ok((created, sub))
+    }
+
+    /// The existing streams a new subscription's pattern matches (relative
+    /// to the root), at most `max_backfill_streams` of them.
+    async fn backfill(&self, config: &super::state::Config) -> Result<Vec<String>, HubError> {
+        let Some(pattern) = config.pattern.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let pattern = super::glob::Pattern::parse(pattern)
+            .map_err(|e| HubError::Refused(Refusal::Invalid(e.to_string())))?;
+        let prefix = format!("/{}", pattern.name_prefix());
+        // Matches are a subset of the names under the prefix: list a few
+        // more than the limit before giving up on the prefix alone.
+        let mut matches = Vec::new();
+        let (keys, more) = self
+            .engine
+            .list(&prefix, self.max_backfill.saturating_mul(4))
+            .await?;
+        for key in keys {
+            let path = key.as_str().trim_start_matches('/');
+            if !path.starts_with("__ds/") && pattern.matches(path) {
+                matches.push(path.to_owned());
+            }
+        }
+        if matches.len() > self.max_backfill || more {
+            return Err(HubError::Refused(Refusal::Invalid(format!(
+                "the pattern matches more than {} existing streams (the server's \
+                 max_backfill_streams); narrow it, or name the streams",
+                self.max_backfill
+            ))));
+        }
+        Ok(matches)
     }
 
     /// `GET`.
@@ -460,7 +570,10 @@ impl Hub {
 
     /// A token for the holder of `id`'s wake `generation`.
     pub(crate) fn token(&self, id: &str, generation: u64) -> String {
-        self.tokens.issue(&Claims {
+        let Ok(keys) = self.opened_keys() else {
+            return String::new();
+        };
+        keys.tokens.issue(&Claims {
             subscription: id.to_owned(),
             generation,
             exp: now_ms() / 1000 + TOKEN_SECONDS,
@@ -468,13 +581,14 @@ impl Hub {
     }
 
     /// Checks a bearer token for `id`: the generation it was issued for.
-    pub(crate) fn check_token(
+    pub(crate) async fn check_token(
         &self,
         id: &str,
         authorization: Option<&str>,
     ) -> Result<u64, HubError> {
         let token = super::token::bearer(authorization).map_err(HubError::Token)?;
-        let claims = self
+        let keys = self.keys().await?;
+        let claims = keys
             .tokens
             .check(token, id, now_ms() / 1000)
             .map_err(HubError::Token)?;
@@ -665,9 +779,14 @@ impl Hub {
         };
         let target = check_url(url, self.allow_development).map_err(HubError::Rejected)?;
         let body = self.wake_body(&sub);
-        let signature = self.signing.signature_header(now_ms() / 1000, &body);
+        let signature = self
+            .opened_keys()?
+            .signing
+            .signature_header(now_ms() / 1000, &body);
         let attempt = sub.retry.map_or(0, |(n, _)| n);
-        let answer = tokio::time::timeout(DELIVERY_TIMEOUT, post(&target, body, signature)).await;
+        let answer =
+            tokio::time::timeout(DELIVERY_TIMEOUT, self.client.post(&target, body, signature))
+                .await;
         let done = match answer {
             Ok(Ok((status, answer))) if status.is_success() => {
                 let done = serde_json::from_slice::<serde_json::Value>(&answer)
@@ -814,61 +933,6 @@ fn backoff(n: u32) -> u64 {
         .min(60_000);
     let jitter = base / 5;
     base - jitter + fastrand::u64(0..=2 * jitter)
-}
-
-/// One webhook `POST`: the name resolved, every address checked, the
-/// connection made only to a checked address, no redirects followed.
-async fn post(
-    target: &Target,
-    body: Bytes,
-    signature: String,
-) -> Result<(http::StatusCode, Bytes), String> {
-    use http_body_util::BodyExt as _;
-    let uri = target.uri();
-    if uri.scheme_str() != Some("http") {
-        return Err("https webhook delivery is not built yet".to_owned());
-    }
-    let authority = uri.authority().ok_or("the URL has no host")?.clone();
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = authority.port_u16().unwrap_or(80);
-    let addresses: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| format!("resolving {host}: {e}"))?
-        .collect();
-    let ips: Vec<std::net::IpAddr> = addresses.iter().map(std::net::SocketAddr::ip).collect();
-    check_resolved(target, &ips).map_err(|e| e.to_string())?;
-    let stream = tokio::net::TcpStream::connect(&addresses[..])
-        .await
-        .map_err(|e| format!("connecting: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-    let driver = tokio::spawn(connection);
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let request = http::Request::post(path)
-        .header(http::header::HOST, authority.as_str())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::USER_AGENT, "tower-durable-streams")
-        .header("webhook-signature", signature)
-        .body(http_body_util::Full::new(body))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("sending: {e}"))?;
-    let status = response.status();
-    let answer = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    driver.abort();
-    Ok((status, answer))
 }
 
 /// The engine's hook: appends to streams a subscription may care about are

@@ -9,6 +9,7 @@
 // Used by their own tests until the routes and the engine hook arrive.
 #![allow(dead_code)]
 
+pub(crate) mod client;
 pub(crate) mod glob;
 pub(crate) mod hub;
 pub(crate) mod log;
@@ -28,10 +29,23 @@ pub(crate) mod token;
 ///     .allow_development_webhooks(true);
 /// # let _ = options;
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct SubscriptionOptions {
     pub(crate) signing_seed: Option<[u8; 32]>,
     pub(crate) allow_development_webhooks: bool,
+    pub(crate) webhook_roots: Vec<Vec<u8>>,
+    pub(crate) max_backfill_streams: usize,
+}
+
+impl Default for SubscriptionOptions {
+    fn default() -> Self {
+        SubscriptionOptions {
+            signing_seed: None,
+            allow_development_webhooks: false,
+            webhook_roots: Vec::new(),
+            max_backfill_streams: 10_000,
+        }
+    }
 }
 
 impl std::fmt::Debug for SubscriptionOptions {
@@ -42,6 +56,8 @@ impl std::fmt::Debug for SubscriptionOptions {
                 "allow_development_webhooks",
                 &self.allow_development_webhooks,
             )
+            .field("webhook_roots", &self.webhook_roots.len())
+            .field("max_backfill_streams", &self.max_backfill_streams)
             .finish()
     }
 }
@@ -61,10 +77,37 @@ impl SubscriptionOptions {
         self
     }
 
-    /// Also accept `http` webhooks to `localhost` and `127.0.0.x`, which the
-    /// protocol allows for development only. Off by default.
+    /// Also accept webhooks to `localhost` and `127.0.0.x` (over `http` or
+    /// `https`), which the protocol allows for development only. Off by
+    /// default.
     pub fn allow_development_webhooks(mut self, allow: bool) -> Self {
         self.allow_development_webhooks = allow;
+        self
+    }
+
+    /// The most existing streams a new subscription's pattern may match:
+    /// they are all linked when it is made (at their tails), and every wake
+    /// decision looks at each link, so a pattern over more is refused (400
+    /// `INVALID_REQUEST`) and should be narrowed. 10,000 by default.
+    pub fn max_backfill_streams(mut self, max: usize) -> Self {
+        self.max_backfill_streams = max;
+        self
+    }
+
+    /// Also trust this root certificate (DER) for `https` webhooks, beside
+    /// the Mozilla roots built in: for receivers behind a private CA, or a
+    /// test receiver's own certificate. A certificate that does not parse
+    /// makes [`Builder::build`](crate::Builder::build) fail.
+    ///
+    /// ```
+    /// use tower_durable_streams::SubscriptionOptions;
+    ///
+    /// # let der: Vec<u8> = Vec::new();
+    /// let options = SubscriptionOptions::new().add_webhook_root_certificate(der);
+    /// # let _ = options;
+    /// ```
+    pub fn add_webhook_root_certificate(mut self, der: impl Into<Vec<u8>>) -> Self {
+        self.webhook_roots.push(der.into());
         self
     }
 }

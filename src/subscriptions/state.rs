@@ -232,6 +232,11 @@ pub(crate) enum Op {
         id: String,
         generation: u64,
     },
+    /// The webhook signing key's seed (base64url), for instances that were
+    /// given none: the first recorded stays.
+    SigningKey {
+        seed: String,
+    },
 }
 
 /// Why a request was refused; the HTTP layer maps each to a status and code.
@@ -275,9 +280,26 @@ pub(crate) struct Subscriptions {
     /// The last generation of deleted subscriptions, so that a namesake
     /// created later fences the old one's tokens.
     tombstones: HashMap<String, u64>,
+    /// The stored signing key's seed (base64url), if one was recorded.
+    signing_seed: Option<String>,
 }
 
 impl Subscriptions {
+    /// The signing key's seed recorded in the log (base64url), if any.
+    pub(crate) fn signing_seed(&self) -> Option<&str> {
+        self.signing_seed.as_deref()
+    }
+
+    /// Records `fresh` as the signing key's seed unless one is recorded.
+    pub(crate) fn keep_signing_seed(&self, fresh: &str) -> Vec<Op> {
+        if self.signing_seed.is_some() {
+            return Vec::new();
+        }
+        vec![Op::SigningKey {
+            seed: fresh.to_owned(),
+        }]
+    }
+
     /// The subscription `id`.
     pub(crate) fn get(&self, id: &str) -> Option<&Subscription> {
         self.all.get(id)
@@ -704,6 +726,9 @@ impl Subscriptions {
     /// subscription, or for a wake that has since ended, change nothing.
     pub(crate) fn apply(&mut self, op: &Op) {
         match op {
+            Op::SigningKey { seed } => {
+                self.signing_seed.get_or_insert_with(|| seed.clone());
+            }
             Op::Create {
                 id,
                 config,

@@ -1,8 +1,10 @@
 //! Where a webhook may point: the checks against server-side request forgery.
 //!
 //! A webhook URL must be `https` to a public host. With development URLs
-//! allowed (a builder setting, off by default), `http` is also accepted for
-//! `localhost` and `127.0.0.x`, the one exception the protocol makes. Every
+//! allowed (a builder setting, off by default), `localhost` and `127.0.0.x`
+//! are also accepted, over `http` or `https`: the one exception the
+//! protocol makes (it names `http`; `https` to the same hosts is no wider,
+//! and lets a test receiver check the TLS path). Every
 //! other loopback, private, link-local, shared, multicast or otherwise
 //! special address is refused, as a literal in the URL and again after the
 //! name is resolved ([`check_resolved`]), so that a name pointing inside the
@@ -75,7 +77,7 @@ pub(crate) fn check_url(text: &str, allow_development: bool) -> Result<Target, R
     }
     let development_host = is_development_host(host);
     if development_host {
-        return if http && allow_development {
+        return if allow_development {
             Ok(Target {
                 uri,
                 development: true,
@@ -294,9 +296,12 @@ mod tests {
             let target = check_url(url, true).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert!(target.is_development());
         }
-        // The exception is 127.0.0.x, not all of 127/8, and not https.
+        // The exception is 127.0.0.x, not all of 127/8; it covers https to
+        // those hosts too, and nothing without the setting.
         assert!(refused("http://127.1.2.3/x"));
-        assert!(refused("https://localhost/x"));
+        assert!(check_url("https://localhost/x", false).is_err());
+        assert!(check_url("https://localhost:9443/x", true).is_ok_and(|t| t.is_development()));
+        assert!(check_url("https://127.1.2.3/x", true).is_err());
     }
 
     #[test]
