@@ -319,12 +319,10 @@ impl Hub {
             let mut idle = Vec::new();
             for sub in subs.iter() {
                 match &sub.wake {
-                    Some(w) if w.lease_until_ms.is_some_and(|t| t <= now) => {
-                        expired.push(sub.id.clone());
-                    }
                     Some(_) if sub.retry.is_some_and(|(_, at)| at <= now) => {
                         due.push((sub.id.clone(), sub.generation));
                     }
+                    Some(_) if sub.lease_over(now) => expired.push(sub.id.clone()),
                     Some(_) => {}
                     None if look_for_idle_work && !sub.links.is_empty() => {
                         idle.push(sub.id.clone());
@@ -792,12 +790,15 @@ impl Hub {
                 let done = serde_json::from_slice::<serde_json::Value>(&answer)
                     .is_ok_and(|v| v.get("done") == Some(&serde_json::Value::Bool(true)));
                 if !done && sub.retry.is_some() {
-                    // Taken at last: the wake now waits for its callback.
+                    // Taken at last: the wake now waits for its callback,
+                    // under a lease that starts now.
+                    let lease_until_ms = Some(now_ms() + sub.config.lease_ttl_ms);
                     log.change(|_| {
                         Ok((
                             vec![Op::Delivered {
                                 id: id.to_owned(),
                                 generation,
+                                lease_until_ms,
                             }],
                             (),
                         ))

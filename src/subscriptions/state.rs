@@ -166,6 +166,19 @@ impl Subscription {
     fn is_pull_wake(&self) -> bool {
         matches!(self.config.delivery, Delivery::PullWake { .. })
     }
+
+    /// Whether the wake's lease ran out by `now_ms`. A webhook wake whose
+    /// delivery is being retried holds no lease: nobody has it yet, and the
+    /// retry schedule (backing off to a minute) decides when it is tried
+    /// again, not the lease.
+    pub(crate) fn lease_over(&self, now_ms: u64) -> bool {
+        self.retry.is_none()
+            && self
+                .wake
+                .as_ref()
+                .and_then(|w| w.lease_until_ms)
+                .is_some_and(|until| until <= now_ms)
+    }
 }
 
 /// A recorded change.
@@ -227,10 +240,12 @@ pub(crate) enum Op {
         at_ms: u64,
     },
     /// A webhook delivery that the receiver took (2xx) after failed ones:
-    /// no more retries for it.
+    /// no more retries for it, and the lease runs from now.
     Delivered {
         id: String,
         generation: u64,
+        #[serde(default)]
+        lease_until_ms: Option<u64>,
     },
     /// The webhook signing key's seed (base64url), for instances that were
     /// given none: the first recorded stays.
@@ -519,6 +534,26 @@ impl Subscriptions {
         let mut ops = Vec::new();
         let generation = match &sub.wake {
             Some(Wake {
+                holder: Some(_), ..
+            }) if sub.lease_over(now_ms) => {
+                // The holder's lease ran out and the sweeper has not ended
+                // it yet: end it here, and claim the wake that follows.
+                let finish = Op::Ack {
+                    id: id.to_owned(),
+                    generation: sub.generation,
+                    acks: BTreeMap::new(),
+                    lease_until_ms: None,
+                    finish: true,
+                };
+                let (ended, rewoken) =
+                    self.finish_and_rewake(sub, finish, now_ms, &tails, &mut wake_id);
+                if !rewoken {
+                    return Err(Refusal::NoPendingWork);
+                }
+                ops.extend(ended);
+                sub.generation + 1
+            }
+            Some(Wake {
                 holder: Some(holder),
                 ..
             }) => {
@@ -565,6 +600,7 @@ impl Subscriptions {
             report.token_generation,
             report.generation,
             &report.wake_id,
+            now_ms,
         )?;
         let mut acks = BTreeMap::new();
         for (path, offset) in &report.acks {
@@ -645,6 +681,7 @@ impl Subscriptions {
             report.token_generation,
             report.generation,
             &report.wake_id,
+            now_ms,
         )?;
         let finish = Op::Ack {
             id: id.to_owned(),
@@ -671,12 +708,7 @@ impl Subscriptions {
             let Some(sub) = self.all.get(id) else {
                 continue;
             };
-            let over = sub
-                .wake
-                .as_ref()
-                .and_then(|w| w.lease_until_ms)
-                .is_some_and(|until| until <= now_ms);
-            if over {
+            if sub.lease_over(now_ms) {
                 let finish = Op::Ack {
                     id: id.clone(),
                     generation: sub.generation,
@@ -895,10 +927,17 @@ impl Subscriptions {
                     }
                 }
             }
-            Op::Delivered { id, generation } => {
+            Op::Delivered {
+                id,
+                generation,
+                lease_until_ms,
+            } => {
                 if let Some(sub) = self.all.get_mut(id) {
                     if sub.generation == *generation {
                         sub.retry = None;
+                        if let (Some(wake), Some(until)) = (&mut sub.wake, lease_until_ms) {
+                            wake.lease_until_ms = Some(*until);
+                        }
                     }
                 }
             }
@@ -949,18 +988,21 @@ fn wake_op(
     }
 }
 
-/// The wake a report is for, if it is still the current one.
+/// The wake a report is for, if it is still the current one (and its lease
+/// has not run out, whether or not the sweeper has ended it yet).
 fn current_wake<'a>(
     sub: &'a Subscription,
     token_generation: u64,
     generation: u64,
     wake_id: &str,
+    now_ms: u64,
 ) -> Result<&'a Wake, Refusal> {
     match &sub.wake {
         Some(wake)
             if token_generation == sub.generation
                 && generation == sub.generation
-                && wake.id == wake_id =>
+                && wake.id == wake_id
+                && !sub.lease_over(now_ms) =>
         {
             Ok(wake)
         }
@@ -1317,6 +1359,35 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_past_its_end_is_over_before_the_sweeper_says_so() {
+        let mut w = World::default();
+        w.create("p", pull("events/*"));
+        w.append("events/a", 5, 0);
+        let ops = w.subs.claim("p", "w1", 0, w.tails(), ids()).unwrap();
+        w.record(ops);
+        let wake_id = w.sub("p").wake.as_ref().unwrap().id.clone();
+        // The lease (1 s) ran out at 1,000; no sweep has run.
+        let late = report(1, &wake_id, &[("events/a", 5)], false);
+        assert_eq!(
+            w.subs.report("p", &late, 1_000, w.tails(), ids()),
+            Err(Refusal::Fenced)
+        );
+        assert_eq!(
+            w.subs.release("p", &late, 1_000, w.tails(), ids()),
+            Err(Refusal::Fenced)
+        );
+        // Another worker's claim ends the old wake and takes the next one.
+        let ops = w.subs.claim("p", "w2", 1_000, w.tails(), ids()).unwrap();
+        w.record(ops);
+        let sub = w.sub("p");
+        assert_eq!(sub.generation, 2);
+        assert_eq!(sub.wake.as_ref().unwrap().holder.as_deref(), Some("w2"));
+        // Within its lease, a holder's ack is taken.
+        let ok = report(2, &sub.wake.as_ref().unwrap().id, &[("events/a", 5)], true);
+        assert!(w.subs.report("p", &ok, 1_500, w.tails(), ids()).is_ok());
+    }
+
+    #[test]
     fn explicit_links_come_and_go_and_glob_links_stay() {
         let mut w = World::default();
         w.tails.insert("events/a".into(), 3);
@@ -1412,13 +1483,19 @@ mod tests {
             at_ms: 1_000,
         }]);
         assert!(w.sub("s").retry.is_some());
+        // Retried past its lease, the wake is not ended: the retries go on.
+        assert!(w.subs.expired(60_000, w.tails(), ids()).is_empty());
         w.record(vec![Op::Delivered {
             id: "s".into(),
             generation: 1,
+            lease_until_ms: Some(61_000),
         }]);
         let sub = w.sub("s");
         assert_eq!(sub.retry, None);
         assert!(sub.wake.is_some(), "the wake waits for its callback");
+        // Its lease runs from the delivery.
+        assert!(w.subs.expired(60_999, w.tails(), ids()).is_empty());
+        assert!(!w.subs.expired(61_000, w.tails(), ids()).is_empty());
     }
 
     #[test]
