@@ -649,3 +649,94 @@ async fn without_a_configured_seed_the_signing_key_is_kept_in_storage() {
     let other = get(&seeded, "/__ds/jwks.json").await.json();
     assert_ne!(other["keys"][0]["kid"], kid);
 }
+
+/// Two instances over one PostgreSQL schema, with a log short enough to be
+/// compacted several times while they both change it: every change lands,
+/// both agree, and an instance started afterwards reads the same state.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn instances_over_postgresql_agree_across_log_compactions() {
+    use common::postgres::{connect, schema};
+    let Some(schema) = schema().await else { return };
+    let instance = |storage| {
+        DurableStreamsService::builder()
+            .storage(storage)
+            .subscriptions(dev().compact_log_after_bytes(2_000))
+            .build()
+            .unwrap()
+    };
+    let a = instance(connect(&schema).await);
+    let b = instance(connect(&schema).await);
+    put(&a, "/wake/pg", "application/json", b"[]").await;
+    let keep = put_json(
+        &a,
+        "/__ds/subscriptions/keep",
+        serde_json::json!({"type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wake/pg"}),
+    )
+    .await;
+    assert_eq!(keep.status, StatusCode::CREATED, "{}", keep.text());
+    // Churn from both sides: each round makes and deletes a subscription.
+    for round in 0..30 {
+        let (maker, deleter) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let made = put_json(
+            maker,
+            "/__ds/subscriptions/churn",
+            serde_json::json!({"type": "pull-wake", "pattern": format!("c{round}/*"), "wake_stream": "wake/pg"}),
+        )
+        .await;
+        assert_eq!(
+            made.status,
+            StatusCode::CREATED,
+            "round {round}: {}",
+            made.text()
+        );
+        let gone = send(
+            deleter,
+            Method::DELETE,
+            "/__ds/subscriptions/churn",
+            &[],
+            b"",
+        )
+        .await;
+        assert_eq!(gone.status, StatusCode::NO_CONTENT, "round {round}");
+    }
+    // Work appended on one instance is claimed on the other, once its wake
+    // event is out (as a worker would).
+    put(&b, "/jobs/1", "application/json", br#"{"n":1}"#).await;
+    let mut woken = false;
+    for _ in 0..500 {
+        if get(&a, "/wake/pg?offset=-1").await.text().contains("keep") {
+            woken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(woken, "no wake event within 5 s");
+    let claim = post_json(
+        &a,
+        "/__ds/subscriptions/keep/claim",
+        None,
+        serde_json::json!({"worker": "w"}),
+    )
+    .await;
+    assert_eq!(claim.status, StatusCode::OK, "{}", claim.text());
+    let view = |s: Reply| {
+        let mut v = s.json();
+        v.as_object_mut().map(|o| o.remove("created_at"));
+        v
+    };
+    let on_a = view(get(&a, "/__ds/subscriptions/keep").await);
+    let on_b = view(get(&b, "/__ds/subscriptions/keep").await);
+    assert_eq!(on_a, on_b);
+    let c = instance(connect(&schema).await);
+    assert_eq!(view(get(&c, "/__ds/subscriptions/keep").await), on_a);
+    assert_eq!(
+        get(&c, "/__ds/subscriptions/churn").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(&c, "/__ds/jwks.json").await.json(),
+        get(&a, "/__ds/jwks.json").await.json(),
+        "one signing key for every instance"
+    );
+}

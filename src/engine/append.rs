@@ -230,7 +230,7 @@ impl Engine {
             }
             (append, record.tail)
         };
-        self.check_size(tail + append.data.len() as u64)?;
+        self.check_size(key, tail + append.data.len() as u64)?;
         let closed = append.close.is_some();
         let stream_id = append.stream_id;
         if let Some(r) = writer.get_mut().record.as_mut() {

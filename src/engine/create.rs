@@ -107,7 +107,7 @@ impl Engine {
         record: StreamRecord,
         initial: Bytes,
     ) -> Result<Created, StreamError> {
-        self.check_size(record.tail + initial.len() as u64)?;
+        self.check_size(key, record.tail + initial.len() as u64)?;
         let outcome = match self
             .storage
             .create(key, record.clone(), initial.clone())

@@ -357,8 +357,10 @@ impl Engine {
         self.storage.health().await.map_err(StreamError::storage)
     }
 
-    fn check_size(&self, tail: u64) -> Result<(), StreamError> {
-        if tail > self.limits.max_stream_bytes {
+    /// Whether a stream may grow to `tail`. The service's own streams under
+    /// `__ds` (the subscription log, which compacts itself) are exempt.
+    fn check_size(&self, key: &Key, tail: u64) -> Result<(), StreamError> {
+        if tail > self.limits.max_stream_bytes && !key.as_str().starts_with("/__ds/") {
             Err(StreamError::StreamTooLarge {
                 limit: self.limits.max_stream_bytes,
             })

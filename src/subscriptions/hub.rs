@@ -41,6 +41,8 @@ pub(crate) struct Hub {
     allow_development: bool,
     /// The most existing streams a new pattern may link.
     max_backfill: usize,
+    /// The log length that sets off a compaction.
+    compact_after: u64,
     client: WebhookClient,
     shutdown: CancellationToken,
     /// Append hook tasks running, and their signal when one ends.
@@ -150,6 +152,7 @@ impl Hub {
             keys: std::sync::OnceLock::new(),
             allow_development: options.allow_development_webhooks,
             max_backfill: options.max_backfill_streams,
+            compact_after: options.compact_log_after_bytes,
             client,
             shutdown,
             started: std::sync::atomic::AtomicBool::new(false),
@@ -170,7 +173,8 @@ impl Hub {
         let log = self
             .log
             .get_or_try_init(|| async {
-                let log = Log::open(self.engine.clone()).await?;
+                let log =
+                    Log::open_compacting_after(self.engine.clone(), self.compact_after).await?;
                 if self.keys.get().is_none() {
                     let keys = self.establish_keys(&log).await?;
                     let _ = self.keys.set(keys);
@@ -258,30 +262,44 @@ impl Hub {
     }
 
     /// Folds the log whenever it grows (other instances' changes), so the
-    /// state the append hook looks at stays current.
-    /// Holds the hub only while it works, so that dropping the service
-    /// ends it.
+    /// state the append hook looks at stays current; after a compaction it
+    /// watches the new log. Holds the hub only while it works, so that
+    /// dropping the service ends it.
     async fn follow(me: Weak<Hub>, shutdown: CancellationToken) {
-        let key = Key::trusted("/__ds/subscriptions".to_owned());
-        let subscribed = match me.upgrade() {
-            Some(hub) => hub.engine.subscribe(&key).await,
-            None => return,
-        };
-        let Ok(mut rx) = subscribed else {
-            return;
-        };
+        let mut watching: Option<(Key, tokio::sync::watch::Receiver<crate::engine::View>)> = None;
         loop {
             {
                 let Some(hub) = me.upgrade() else { return };
-                if let Ok(log) = hub.opened() {
-                    if let Err(e) = log.read(|_| ()).await {
-                        tracing::warn!(error = %e, "the subscription log could not be read");
-                    }
-                    hub.look_at_recent(log);
+                let Ok(log) = hub.opened() else { return };
+                if let Err(e) = log.read(|_| ()).await {
+                    tracing::warn!(error = %e, "the subscription log could not be read");
+                }
+                hub.look_at_recent(log);
+                let key = log.current_key();
+                if watching.as_ref().is_none_or(|(k, _)| *k != key) {
+                    watching = match hub.engine.subscribe(&key).await {
+                        Ok(rx) => Some((key, rx)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the subscription log cannot be watched");
+                            None
+                        }
+                    };
                 }
             }
+            let Some((_, rx)) = watching.as_mut() else {
+                // Looked at again shortly (the sweeper covers wakes meanwhile).
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = shutdown.cancelled() => return,
+                }
+            };
             tokio::select! {
-                changed = rx.changed() => if changed.is_err() { return },
+                changed = rx.changed() => if changed.is_err() {
+                    // The log was compacted and deleted: follow the next one
+                    // (after a pause, should the watch keep failing).
+                    watching = None;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                },
                 () = shutdown.cancelled() => return,
             }
         }

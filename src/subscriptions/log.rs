@@ -12,6 +12,16 @@
 //! version, the stream takes the first and refuses the second, and the
 //! second catches up and decides again. Decisions are therefore made on the
 //! latest state, one at a time across all instances.
+//!
+//! **Compaction.** Once a log has grown past a few times the size of the
+//! state it holds, the instance that notices writes the whole state as one
+//! entry at the start of a new log stream, then closes the old log with an
+//! entry naming the new one, under the next version: that append decides
+//! between a compaction and any change decided at the same time. Every
+//! instance that reads the closing entry moves to the new log. A small head
+//! stream names the current log for instances that start later, and the
+//! old log is deleted; an instance still reading it finds it gone and
+//! starts again from the head.
 
 use std::sync::Arc;
 
@@ -23,17 +33,28 @@ use crate::engine::{AppendRequest, BodyType, CreateRequest, Engine, Key, StreamE
 use crate::protocol::{json_read_frame, Offset, ReadFrom};
 use crate::storage::StorageError;
 
-/// The internal stream's path.
-const LOG_PATH: &str = "/__ds/subscriptions";
+/// The first log's path.
+const ROOT_PATH: &str = "/__ds/subscriptions";
+/// The stream naming the current log once the first one was compacted.
+const HEAD_PATH: &str = "/__ds/subscription-head";
+/// Where compacted logs live, each named by its first version.
+const COMPACTED_PREFIX: &str = "/__ds/subscription-log/";
 
 /// How often a change is decided again after other instances wrote first.
 const MAX_ATTEMPTS: usize = 16;
 
-/// One appended entry: a change's operations under their version.
+/// A log is compacted once it is this long and four times its state's
+/// snapshot (the default of `SubscriptionOptions::compact_log_after_bytes`).
+pub(crate) const COMPACT_AFTER_BYTES: u64 = 8 * 1024 * 1024;
+
+/// One appended entry: a change's operations under their version, or (with
+/// `next`) the last entry of a compacted log.
 #[derive(Debug, Serialize)]
 struct Entry {
     v: u64,
     ops: Vec<Op>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
 /// An entry as read back, its operations not yet decoded.
@@ -41,13 +62,25 @@ struct Entry {
 struct RawEntry {
     v: u64,
     ops: Vec<serde_json::Value>,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// A head entry: where the log is.
+#[derive(Debug, Serialize, Deserialize)]
+struct HeadEntry {
+    log: String,
 }
 
 /// How far the log is folded.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Folded {
+    /// The log stream being followed.
+    key: Key,
     offset: u64,
     version: u64,
+    /// The log length at which compaction is considered next.
+    compact_at: u64,
 }
 
 /// Why a change was not made.
@@ -71,11 +104,26 @@ impl From<StreamError> for ChangeError {
     }
 }
 
+fn encoding_failed(e: serde_json::Error) -> StreamError {
+    StreamError::Storage(StorageError::Io(std::io::Error::other(format!(
+        "a subscription change cannot be encoded: {e}"
+    ))))
+}
+
+fn unreadable(e: serde_json::Error) -> StreamError {
+    StreamError::Storage(StorageError::Corrupt(format!(
+        "the subscription log cannot be read: {e}"
+    )))
+}
+
+fn version_seq(version: u64) -> String {
+    format!("{version:020}")
+}
+
 /// The subscription log of one instance.
 #[derive(Debug)]
 pub(crate) struct Log {
     engine: Arc<Engine>,
-    key: Key,
     /// Held while the log is read or a change is decided and written: one
     /// at a time per instance (across instances, the versions take turns).
     folded: tokio::sync::Mutex<Folded>,
@@ -84,70 +132,175 @@ pub(crate) struct Log {
     subs: std::sync::RwLock<Subscriptions>,
     /// The version folded so far, readable without waiting.
     version: std::sync::atomic::AtomicU64,
+    /// The log stream followed now, readable without waiting.
+    current: std::sync::RwLock<Key>,
+    /// The least length at which a log is compacted.
+    compact_after: u64,
 }
 
 impl Log {
     /// Opens the log, creating its stream on first use, and folds it.
     pub(crate) async fn open(engine: Arc<Engine>) -> Result<Log, StreamError> {
-        let key = Key::trusted(LOG_PATH.to_owned());
+        Log::open_compacting_after(engine, COMPACT_AFTER_BYTES).await
+    }
+
+    /// [`open`](Self::open), compacting once the log is `compact_after`
+    /// bytes long (and four times its snapshot).
+    pub(crate) async fn open_compacting_after(
+        engine: Arc<Engine>,
+        compact_after: u64,
+    ) -> Result<Log, StreamError> {
+        let root = Key::trusted(ROOT_PATH.to_owned());
+        let log = Log {
+            engine,
+            folded: tokio::sync::Mutex::new(Folded {
+                key: root.clone(),
+                offset: 0,
+                version: 0,
+                compact_at: compact_after,
+            }),
+            subs: std::sync::RwLock::new(Subscriptions::default()),
+            version: std::sync::atomic::AtomicU64::new(0),
+            current: std::sync::RwLock::new(root),
+            compact_after,
+        };
+        log.restart(&mut *log.folded.lock().await).await?;
+        Ok(log)
+    }
+
+    /// The log stream followed now (the follower watches it).
+    pub(crate) fn current_key(&self) -> Key {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Where the log is: the head's last entry, or the first log (created
+    /// if this is the first start).
+    async fn head(&self) -> Result<Key, StreamError> {
+        let head = Key::trusted(HEAD_PATH.to_owned());
+        let mut last: Option<String> = None;
+        let mut offset = 0;
+        loop {
+            let read = match self
+                .engine
+                .read(&head, ReadFrom::At(Offset::new(offset)))
+                .await
+            {
+                Ok(read) => read,
+                Err(StreamError::NotFound) => break,
+                Err(e) => return Err(e),
+            };
+            if read.end > read.start {
+                let array: Vec<u8> = json_read_frame(read.data).concat();
+                let entries: Vec<HeadEntry> = serde_json::from_slice(&array).map_err(unreadable)?;
+                if let Some(entry) = entries.into_iter().next_back() {
+                    last = Some(entry.log);
+                }
+            }
+            offset = read.end;
+            if read.end >= read.tail {
+                break;
+            }
+        }
+        if let Some(log) = last {
+            return Ok(Key::trusted(log));
+        }
+        let root = Key::trusted(ROOT_PATH.to_owned());
         let request = CreateRequest {
             content_type: Some("application/json".to_owned()),
             ..CreateRequest::default()
         };
         // A second instance, or a restart, finds it there: fine.
-        engine.create(&key, request).await?;
-        let log = Log {
-            engine,
-            key,
-            folded: tokio::sync::Mutex::new(Folded::default()),
-            subs: std::sync::RwLock::new(Subscriptions::default()),
-            version: std::sync::atomic::AtomicU64::new(0),
-        };
-        log.catch_up(&mut *log.folded.lock().await).await?;
-        Ok(log)
+        self.engine.create(&root, request).await?;
+        Ok(root)
+    }
+
+    /// Folds the whole log again from where the head says it is (at open,
+    /// and when the log followed so far was compacted and deleted).
+    async fn restart(&self, folded: &mut Folded) -> Result<(), StreamError> {
+        let mut attempts = 0;
+        loop {
+            folded.key = self.head().await?;
+            folded.offset = 0;
+            folded.version = 0;
+            match self.fold(folded, true).await {
+                // Compacted again between reading the head and the log.
+                Err(StreamError::NotFound) if attempts < MAX_ATTEMPTS => attempts += 1,
+                other => return other,
+            }
+        }
     }
 
     /// Folds what was appended since the last look.
     async fn catch_up(&self, folded: &mut Folded) -> Result<(), StreamError> {
+        match self.fold(folded, false).await {
+            // Compacted by another instance, which deleted this log.
+            Err(StreamError::NotFound) => self.restart(folded).await,
+            other => other,
+        }
+    }
+
+    /// Reads and applies the log from `folded`, following a compaction to
+    /// the next log. A new state (`rebuild`, or after a compaction) is made
+    /// apart and put in place at once, so that nobody looking meanwhile sees
+    /// a partial one.
+    async fn fold(&self, folded: &mut Folded, rebuild: bool) -> Result<(), StreamError> {
+        let mut fresh = rebuild.then(Subscriptions::default);
         loop {
             let from = ReadFrom::At(Offset::new(folded.offset));
-            let read = self.engine.read(&self.key, from).await?;
-            if read.end <= read.start {
-                return Ok(());
-            }
-            let array: Vec<u8> = json_read_frame(read.data)
-                .iter()
-                .flat_map(|b| b.iter().copied())
-                .collect();
-            let entries: Vec<RawEntry> = serde_json::from_slice(&array).map_err(|e| {
-                StreamError::Storage(StorageError::Corrupt(format!(
-                    "the subscription log cannot be read: {e}"
-                )))
-            })?;
-            let mut subs = self.subs.write().unwrap_or_else(|e| e.into_inner());
-            for entry in entries {
-                for op in entry.ops {
-                    // An operation this version does not know (written by a
-                    // newer one sharing the store) is skipped, not fatal.
-                    match serde_json::from_value::<Op>(op) {
-                        Ok(op) => subs.apply(&op),
-                        Err(e) => tracing::warn!(
-                            version = entry.v,
-                            error = %e,
-                            "skipped a subscription change this version does not understand"
-                        ),
+            let read = self.engine.read(&folded.key, from).await?;
+            let mut next = None;
+            if read.end > read.start {
+                let array: Vec<u8> = json_read_frame(read.data).concat();
+                let entries: Vec<RawEntry> = serde_json::from_slice(&array).map_err(unreadable)?;
+                let mut shared = None;
+                let subs = match &mut fresh {
+                    Some(fresh) => fresh,
+                    None => {
+                        &mut **shared.insert(self.subs.write().unwrap_or_else(|e| e.into_inner()))
+                    }
+                };
+                for entry in entries {
+                    for op in entry.ops {
+                        // An operation this version does not know (written by a
+                        // newer one sharing the store) is skipped, not fatal.
+                        match serde_json::from_value::<Op>(op) {
+                            Ok(op) => subs.apply(&op),
+                            Err(e) => tracing::warn!(
+                                version = entry.v,
+                                error = %e,
+                                "skipped a subscription change this version does not understand"
+                            ),
+                        }
+                    }
+                    folded.version = entry.v;
+                    if entry.next.is_some() {
+                        next = entry.next;
+                        break;
                     }
                 }
-                folded.version = entry.v;
             }
-            drop(subs);
-            self.version
-                .store(folded.version, std::sync::atomic::Ordering::Release);
             folded.offset = read.end;
+            if let Some(next) = next {
+                // The state starts again from the new log's snapshot.
+                folded.key = Key::trusted(next);
+                folded.offset = 0;
+                fresh = Some(Subscriptions::default());
+                continue;
+            }
             if read.end >= read.tail {
-                return Ok(());
+                break;
             }
         }
+        if let Some(fresh) = fresh {
+            *self.subs.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        }
+        self.version
+            .store(folded.version, std::sync::atomic::Ordering::Release);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = folded.key.clone();
+        Ok(())
     }
 
     /// Runs `look` on the latest state.
@@ -191,34 +344,121 @@ impl Log {
             let entry = Entry {
                 v: folded.version + 1,
                 ops,
+                next: None,
             };
-            let body = serde_json::to_vec(&entry).map_err(|e| {
-                StreamError::Storage(StorageError::Io(std::io::Error::other(format!(
-                    "a subscription change cannot be encoded: {e}"
-                ))))
-            })?;
+            let body = serde_json::to_vec(&entry).map_err(encoding_failed)?;
             let request = AppendRequest {
                 content_type: BodyType::Stream,
                 body: Bytes::from(body),
-                stream_seq: Some(format!("{:020}", entry.v)),
+                stream_seq: Some(version_seq(entry.v)),
                 ..AppendRequest::default()
             };
-            match self.engine.append(&self.key, request).await {
+            match self.engine.append(&folded.key, request).await {
                 Ok(_) => {
                     // Version `v` was free, so nothing came between: fold it.
                     // The change is recorded even if this read fails (the
                     // next look folds it), so the caller gets its answer.
                     if let Err(e) = self.catch_up(&mut folded).await {
                         tracing::warn!(error = %e, "a recorded subscription change is not folded yet");
+                    } else if folded.offset >= folded.compact_at {
+                        if let Err(e) = self.compact(&mut folded, false).await {
+                            tracing::warn!(error = %e, "the subscription log could not be compacted");
+                        }
                     }
                     return Ok((answer, entry.ops));
                 }
-                // Another instance wrote version `v` first.
-                Err(StreamError::SeqRegression { .. }) => {}
+                // Another instance wrote version `v` first, or compacted
+                // this log (closing it).
+                Err(StreamError::SeqRegression { .. } | StreamError::Closed { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
         Err(StreamError::Contended.into())
+    }
+
+    /// Moves the state to a new log that starts with its snapshot (see the
+    /// module documentation), if the log is long enough for that to pay (or
+    /// with `force`).
+    async fn compact(&self, folded: &mut Folded, force: bool) -> Result<(), StreamError> {
+        let version = folded.version + 1;
+        let snapshot = Entry {
+            v: version,
+            ops: self
+                .subs
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .snapshot(),
+            next: None,
+        };
+        let body = serde_json::to_vec(&snapshot).map_err(encoding_failed)?;
+        folded.compact_at = self
+            .compact_after
+            .max((body.len() as u64).saturating_mul(4));
+        if folded.offset < folded.compact_at && !force {
+            return Ok(());
+        }
+        // The same state at the same version makes the same snapshot, so two
+        // instances compacting at once create one stream with one content.
+        let new = Key::trusted(format!("{COMPACTED_PREFIX}{}", version_seq(version)));
+        let create = CreateRequest {
+            content_type: Some("application/json".to_owned()),
+            body: Bytes::from(body),
+            ..CreateRequest::default()
+        };
+        self.engine.create(&new, create).await?;
+        let closing = Entry {
+            v: version,
+            ops: Vec::new(),
+            next: Some(new.as_str().to_owned()),
+        };
+        let request = AppendRequest {
+            content_type: BodyType::Stream,
+            body: Bytes::from(serde_json::to_vec(&closing).map_err(encoding_failed)?),
+            stream_seq: Some(version_seq(version)),
+            close: true,
+            ..AppendRequest::default()
+        };
+        let old = folded.key.clone();
+        match self.engine.append(&old, request).await {
+            Ok(_) => {}
+            // A change (or another compaction) took this version first.
+            Err(StreamError::SeqRegression { .. } | StreamError::Closed { .. }) => {
+                self.catch_up(folded).await?;
+                if folded.key != new {
+                    // Nothing names the new stream: drop it.
+                    let _ = self.engine.delete(&new).await;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        self.catch_up(folded).await?;
+        // Later openers start at the new log; the head's own versions keep
+        // a late writer from naming an older log after a newer one.
+        let head = Key::trusted(HEAD_PATH.to_owned());
+        let create = CreateRequest {
+            content_type: Some("application/json".to_owned()),
+            ..CreateRequest::default()
+        };
+        self.engine.create(&head, create).await?;
+        let entry = HeadEntry {
+            log: new.as_str().to_owned(),
+        };
+        let request = AppendRequest {
+            content_type: BodyType::Stream,
+            body: Bytes::from(serde_json::to_vec(&entry).map_err(encoding_failed)?),
+            stream_seq: Some(version_seq(version)),
+            ..AppendRequest::default()
+        };
+        match self.engine.append(&head, request).await {
+            Ok(_) | Err(StreamError::SeqRegression { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if let Err(e) = self.engine.delete(&old).await {
+            tracing::warn!(log = %old, error = %e, "a compacted subscription log could not be deleted");
+        }
+        tracing::info!(log = %new, version, "compacted the subscription log");
+        Ok(())
     }
 }
 
@@ -324,5 +564,100 @@ mod tests {
             .await
             .unwrap();
         assert!(both);
+    }
+
+    /// Churn that grows the log but not the state: a subscription made and
+    /// deleted again (leaving only its tombstone).
+    async fn churn(log: &Log, rounds: usize) {
+        for _ in 0..rounds {
+            assert!(log.change(create("churn", "c/*")).await.unwrap().0);
+            log.change(|subs| Ok((subs.delete("churn"), ())))
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn snapshot(log: &Log) -> Vec<Op> {
+        log.read(Subscriptions::snapshot).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_long_log_is_compacted_and_reopens_to_the_same_state() {
+        let engine = engine();
+        let log = Log::open_compacting_after(engine.clone(), 4_000)
+            .await
+            .unwrap();
+        assert!(log.change(create("keep", "k/*")).await.unwrap().0);
+        churn(&log, 40).await;
+        let current = log.current_key();
+        assert!(current.as_str().starts_with(COMPACTED_PREFIX), "{current}");
+        // The first log is gone, and the current one is short.
+        let root = Key::trusted(ROOT_PATH.to_owned());
+        assert!(matches!(
+            engine.head(&root).await,
+            Err(StreamError::NotFound)
+        ));
+        assert!(engine.head(&current).await.unwrap().tail < 4_000);
+        let state = snapshot(&log).await;
+        let version = log.version();
+        assert!(version > 80, "versions go on across compactions: {version}");
+        let reopened = Log::open(engine).await.unwrap();
+        assert_eq!(snapshot(&reopened).await, state);
+        assert_eq!(reopened.version(), version);
+        assert!(reopened.peek(|subs| subs.get("keep").is_some()));
+    }
+
+    #[tokio::test]
+    async fn an_instance_behind_a_compaction_moves_to_the_new_log() {
+        let engine = engine();
+        let first = Log::open_compacting_after(engine.clone(), 4_000)
+            .await
+            .unwrap();
+        let second = Log::open_compacting_after(engine.clone(), u64::MAX)
+            .await
+            .unwrap();
+        churn(&first, 40).await;
+        assert_ne!(first.current_key(), second.current_key());
+        // `second` still follows the deleted first log: its next change
+        // finds the log gone, starts again from the head, and is recorded
+        // in the current log.
+        assert!(second.change(create("late", "l/*")).await.unwrap().0);
+        assert_eq!(second.current_key(), first.current_key());
+        assert!(first.read(|subs| subs.get("late").is_some()).await.unwrap());
+        assert_eq!(snapshot(&first).await, snapshot(&second).await);
+    }
+
+    #[tokio::test]
+    async fn a_compaction_that_loses_the_version_race_leaves_nothing_behind() {
+        let engine = engine();
+        let log = Log::open_compacting_after(engine.clone(), u64::MAX)
+            .await
+            .unwrap();
+        let other = Log::open_compacting_after(engine.clone(), u64::MAX)
+            .await
+            .unwrap();
+        assert!(log.change(create("a", "x/*")).await.unwrap().0);
+        // A change by `other` takes the next version while `log` prepares a
+        // compaction at that same version.
+        let mut folded = log.folded.lock().await;
+        log.catch_up(&mut folded).await.unwrap();
+        assert!(other.change(create("b", "y/*")).await.unwrap().0);
+        let before = folded.key.clone();
+        log.compact(&mut folded, true).await.unwrap();
+        // The change won: no new log, and both see "b".
+        assert_eq!(folded.key, before);
+        // Unraced, the same compaction moves the log.
+        log.compact(&mut folded, true).await.unwrap();
+        assert_ne!(folded.key, before);
+        drop(folded);
+        let lost = Key::trusted(format!(
+            "{COMPACTED_PREFIX}{}",
+            version_seq(other.version())
+        ));
+        assert!(matches!(
+            engine.head(&lost).await,
+            Err(StreamError::NotFound)
+        ));
+        assert!(log.read(|subs| subs.get("b").is_some()).await.unwrap());
     }
 }

@@ -35,6 +35,7 @@ pub struct SubscriptionOptions {
     pub(crate) allow_development_webhooks: bool,
     pub(crate) webhook_roots: Vec<Vec<u8>>,
     pub(crate) max_backfill_streams: usize,
+    pub(crate) compact_log_after_bytes: u64,
 }
 
 impl Default for SubscriptionOptions {
@@ -44,6 +45,7 @@ impl Default for SubscriptionOptions {
             allow_development_webhooks: false,
             webhook_roots: Vec::new(),
             max_backfill_streams: 10_000,
+            compact_log_after_bytes: log::COMPACT_AFTER_BYTES,
         }
     }
 }
@@ -58,6 +60,7 @@ impl std::fmt::Debug for SubscriptionOptions {
             )
             .field("webhook_roots", &self.webhook_roots.len())
             .field("max_backfill_streams", &self.max_backfill_streams)
+            .field("compact_log_after_bytes", &self.compact_log_after_bytes)
             .finish()
     }
 }
@@ -91,6 +94,15 @@ impl SubscriptionOptions {
     /// `INVALID_REQUEST`) and should be narrowed. 10,000 by default.
     pub fn max_backfill_streams(mut self, max: usize) -> Self {
         self.max_backfill_streams = max;
+        self
+    }
+
+    /// How long the subscription log (an internal stream holding every
+    /// subscription change) may grow before it is compacted: its state is
+    /// written to a new log and the old one deleted, once it is this long
+    /// and four times the size of that state. 8 MiB by default.
+    pub fn compact_log_after_bytes(mut self, bytes: u64) -> Self {
+        self.compact_log_after_bytes = bytes;
         self
     }
 

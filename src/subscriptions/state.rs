@@ -134,7 +134,7 @@ pub(crate) struct Wake {
 }
 
 /// A subscription.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Subscription {
     pub(crate) id: String,
     pub(crate) config: Config,
@@ -252,6 +252,15 @@ pub(crate) enum Op {
     SigningKey {
         seed: String,
     },
+    /// A subscription as a whole, from a snapshot of the state.
+    Restore {
+        sub: Box<Subscription>,
+    },
+    /// A deleted subscription's last generation, from a snapshot.
+    Tombstone {
+        id: String,
+        generation: u64,
+    },
 }
 
 /// Why a request was refused; the HTTP layer maps each to a status and code.
@@ -303,6 +312,32 @@ impl Subscriptions {
     /// The signing key's seed recorded in the log (base64url), if any.
     pub(crate) fn signing_seed(&self) -> Option<&str> {
         self.signing_seed.as_deref()
+    }
+
+    /// Operations that rebuild this state from nothing, in a fixed order
+    /// (the same state always gives the same snapshot): what a compacted
+    /// log starts with.
+    pub(crate) fn snapshot(&self) -> Vec<Op> {
+        let mut ops = Vec::new();
+        if let Some(seed) = &self.signing_seed {
+            ops.push(Op::SigningKey { seed: seed.clone() });
+        }
+        let mut ids: Vec<&String> = self.all.keys().collect();
+        ids.sort();
+        for id in ids {
+            ops.push(Op::Restore {
+                sub: Box::new(self.all[id].clone()),
+            });
+        }
+        let mut tombstones: Vec<(&String, &u64)> = self.tombstones.iter().collect();
+        tombstones.sort();
+        for (id, generation) in tombstones {
+            ops.push(Op::Tombstone {
+                id: id.clone(),
+                generation: *generation,
+            });
+        }
+        ops
     }
 
     /// Records `fresh` as the signing key's seed unless one is recorded.
@@ -760,6 +795,34 @@ impl Subscriptions {
         match op {
             Op::SigningKey { seed } => {
                 self.signing_seed.get_or_insert_with(|| seed.clone());
+            }
+            Op::Restore { sub } => {
+                if self.all.contains_key(&sub.id) {
+                    return;
+                }
+                if let Some(p) = sub
+                    .config
+                    .pattern
+                    .as_deref()
+                    .and_then(|p| Pattern::parse(p).ok())
+                {
+                    self.patterns.insert(p, sub.id.clone());
+                }
+                for (path, link) in &sub.links {
+                    if link.explicit {
+                        self.named
+                            .entry(path.clone())
+                            .or_default()
+                            .insert(sub.id.clone());
+                    }
+                }
+                self.tombstones.remove(&sub.id);
+                self.all.insert(sub.id.clone(), (**sub).clone());
+            }
+            Op::Tombstone { id, generation } => {
+                if !self.all.contains_key(id) {
+                    self.tombstones.insert(id.clone(), *generation);
+                }
             }
             Op::Create {
                 id,
@@ -1355,6 +1418,61 @@ mod tests {
         assert_eq!(
             w.subs.report("p", &old, 1_001, w.tails(), ids()),
             Err(Refusal::Fenced)
+        );
+    }
+
+    #[test]
+    fn a_snapshot_rebuilds_the_same_state() {
+        let mut w = World::default();
+        w.subs.apply(&Op::SigningKey { seed: "k".into() });
+        w.tails.insert("events/old".into(), 3);
+        w.create("p", pull("events/*"));
+        w.create("s", webhook("jobs/**"));
+        w.create("gone", webhook("x/*"));
+        w.append("x/a", 1, 0);
+        w.record(w.subs.delete("gone"));
+        let ops = w
+            .subs
+            .add_streams("p", &["named/x".into()], w.tails())
+            .unwrap();
+        w.record(ops);
+        w.append("events/a", 5, 0);
+        w.append("jobs/a/b", 2, 0);
+        let ops = w.subs.claim("p", "w1", 0, w.tails(), ids()).unwrap();
+        w.record(ops);
+        w.record(vec![Op::Retry {
+            id: "s".into(),
+            generation: 1,
+            attempt: 2,
+            at_ms: 9,
+        }]);
+        let snapshot = w.subs.snapshot();
+        assert_eq!(snapshot, w.subs.snapshot(), "the same every time");
+        let mut rebuilt = World {
+            tails: w.tails.clone(),
+            ..World::default()
+        };
+        rebuilt.record(snapshot.clone());
+        assert_eq!(rebuilt.subs.snapshot(), snapshot);
+        assert_eq!(rebuilt.sub("p"), w.sub("p"));
+        assert_eq!(rebuilt.subs.signing_seed(), Some("k"));
+        // The indexes came back too: matching, naming and the tombstone.
+        let ids = |path| {
+            rebuilt
+                .subs
+                .interested(path)
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids("events/new"), ["p"]);
+        assert_eq!(ids("named/x"), ["p"]);
+        let (ops, _) = rebuilt
+            .subs
+            .create("gone", webhook("x/*"), 0, &[], None)
+            .unwrap();
+        assert!(
+            matches!(&ops[0], Op::Create { generation: 1, .. }),
+            "{ops:?}"
         );
     }
 
