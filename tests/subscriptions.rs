@@ -558,6 +558,62 @@ async fn existing_streams_are_linked_at_their_tail_when_a_subscription_is_made()
 }
 
 #[tokio::test]
+async fn a_stream_deleted_and_created_again_is_new_work() {
+    let service = service(dev());
+    put(&service, "/wake/r", "application/json", b"[]").await;
+    put_json(
+        &service,
+        "/__ds/subscriptions/r",
+        serde_json::json!({"type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wake/r"}),
+    )
+    .await;
+    let claim_and_finish = |expect_tail: String| {
+        let service = service.clone();
+        async move {
+            let mut claim = None;
+            for _ in 0..300 {
+                let reply = post_json(
+                    &service,
+                    "/__ds/subscriptions/r/claim",
+                    None,
+                    serde_json::json!({"worker": "w"}),
+                )
+                .await;
+                if reply.status == StatusCode::OK {
+                    claim = Some(reply.json());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let claim = claim.expect("a claim within 3 s");
+            assert_eq!(claim["streams"][0]["tail_offset"], expect_tail.as_str());
+            let done = post_json(
+                &service,
+                "/__ds/subscriptions/r/ack",
+                claim["token"].as_str(),
+                serde_json::json!({"wake_id": claim["wake_id"], "generation": claim["generation"],
+                    "acks": [{"stream": "jobs/x", "offset": expect_tail}], "done": true}),
+            )
+            .await;
+            assert_eq!(done.status, StatusCode::OK, "{}", done.text());
+        }
+    };
+    put(
+        &service,
+        "/jobs/x",
+        "application/json",
+        br#"{"long":"first incarnation"}"#,
+    )
+    .await;
+    claim_and_finish(get(&service, "/jobs/x").await.next_offset()).await;
+    let deleted = send(&service, Method::DELETE, "/jobs/x", &[], b"").await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    // Shorter than before: the old cursor would have hidden it.
+    put(&service, "/jobs/x", "application/json", br#"{"n":2}"#).await;
+    claim_and_finish(get(&service, "/jobs/x").await.next_offset()).await;
+}
+
+#[tokio::test]
 async fn https_webhooks_are_delivered_to_a_receiver_the_server_trusts() {
     let (address, got, cert) = tls_receiver(r#"{"done":true}"#).await;
     let url = format!("https://localhost:{}/hook", address.port());

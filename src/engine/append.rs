@@ -245,7 +245,7 @@ impl Engine {
             Err(e) => return Err(self.append_failed(key, e).await),
         };
         self.used(&handle, &config);
-        self.observed(key, tail, new_tail);
+        self.observed(key, stream_id, tail, new_tail);
         // Wake live readers only if there are any: a reader that subscribes
         // later reads the updated view itself (the count is read under the
         // view's write lock, which its first `borrow` waits for).

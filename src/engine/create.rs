@@ -127,7 +127,7 @@ impl Engine {
                 let mut record = record;
                 let before = record.tail;
                 record.tail += initial.len() as u64;
-                self.observed(key, before, record.tail);
+                self.observed(key, record.config.id, before, record.tail);
                 let created = Created {
                     created: true,
                     config: Arc::new(record.config.clone()),

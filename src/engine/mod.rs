@@ -240,7 +240,7 @@ pub(crate) struct Engine {
 /// task after the write is durable; it must not block.
 #[cfg(feature = "unstable-subscriptions")]
 pub(crate) trait AppendObserver: Send + Sync {
-    fn appended(&self, key: &Key, before: u64, after: u64);
+    fn appended(&self, key: &Key, stream: u64, before: u64, after: u64);
 }
 
 impl std::fmt::Debug for Engine {
@@ -309,15 +309,15 @@ impl Engine {
 
     /// Tells the observer, if any, of a write.
     #[inline]
-    fn observed(&self, key: &Key, before: u64, after: u64) {
+    fn observed(&self, key: &Key, stream: u64, before: u64, after: u64) {
         #[cfg(feature = "unstable-subscriptions")]
         if let Some(observer) = self.observer.get() {
             if after > before {
-                observer.appended(key, before, after);
+                observer.appended(key, stream, before, after);
             }
         }
         #[cfg(not(feature = "unstable-subscriptions"))]
-        let _ = (key, before, after);
+        let _ = (key, stream, before, after);
     }
 
     /// An engine over `storage`. Its expiry sweeper stops when `shutdown` is

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::WebhookClient;
 use super::log::{ChangeError, Log};
 use super::signing::SigningKey;
-use super::state::{Delivery, Op, Refusal, Subscription};
+use super::state::{Appended, Delivery, Op, Refusal, Subscription};
 use super::target::{check_url, Rejected};
 use super::token::{Claims, TokenKey};
 use super::SubscriptionOptions;
@@ -392,23 +392,28 @@ impl Hub {
                     .collect()
             })
             .await?;
-        Ok(self.tails_of(paths).await)
+        Ok(self
+            .found(paths)
+            .await
+            .into_iter()
+            .map(|(path, (tail, _))| (path, tail))
+            .collect())
     }
 
-    /// The tails of the streams that exist among `paths`.
-    async fn tails_of(&self, paths: impl IntoIterator<Item = String>) -> HashMap<String, u64> {
-        let mut tails = HashMap::new();
+    /// The tails and incarnations of the streams that exist among `paths`.
+    async fn found(&self, paths: impl IntoIterator<Item = String>) -> HashMap<String, (u64, u64)> {
+        let mut found = HashMap::new();
         for path in paths {
-            if tails.contains_key(&path) {
+            if found.contains_key(&path) {
                 continue;
             }
             if let Ok(view) = self.engine.head(&key_of(&path)).await {
-                if view.config.is_some() && !view.soft_deleted {
-                    tails.insert(path, view.tail);
+                if let Some(config) = view.config.as_ref().filter(|_| !view.soft_deleted) {
+                    found.insert(path, (view.tail, config.id));
                 }
             }
         }
-        tails
+        found
     }
 
     /// `PUT`: whether it was created, and the subscription.
@@ -436,7 +441,12 @@ impl Hub {
         if existing.is_none() {
             paths.extend(self.backfill(&config).await?);
         }
-        let existing: Vec<(String, u64)> = self.tails_of(paths).await.into_iter().collect();
+        let existing: Vec<(String, u64, u64)> = self
+            .found(paths)
+            .await
+            .into_iter()
+            .map(|(path, (tail, stream))| (path, tail, stream))
+            .collect();
         let now = now_ms();
         let (created, _) = log
             .change(|subs| subs.create(id, config.clone(), now, &existing, base_url.clone()))
@@ -495,8 +505,8 @@ impl Hub {
     /// `POST .../streams`.
     pub(crate) async fn add_streams(&self, id: &str, paths: &[String]) -> Result<(), HubError> {
         let log = self.log().await?;
-        let tails = self.tails_of(paths.iter().cloned()).await;
-        log.change(|subs| Ok((subs.add_streams(id, paths, |p| tails.get(p).copied())?, ())))
+        let found = self.found(paths.iter().cloned()).await;
+        log.change(|subs| Ok((subs.add_streams(id, paths, |p| found.get(p).copied())?, ())))
             .await?;
         Ok(())
     }
@@ -553,16 +563,16 @@ impl Hub {
             wanted
         };
         for r in wanted {
-            self.spawn_on_append(r.path, r.before, r.after);
+            self.spawn_on_append(r.path, r.stream, r.before, r.after);
         }
     }
 
     /// Decides an append off the writer's path.
-    fn spawn_on_append(&self, path: String, before: u64, after: u64) {
+    fn spawn_on_append(&self, path: String, stream: u64, before: u64, after: u64) {
         let Some(hub) = self.me.upgrade() else { return };
         hub.hooks.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
-            if let Err(e) = hub.on_append(path, before, after).await {
+            if let Err(e) = hub.on_append(path, stream, before, after).await {
                 tracing::warn!(error = ?e, "a subscription wake could not be decided");
             }
             hub.hooks.fetch_sub(1, Ordering::AcqRel);
@@ -684,7 +694,13 @@ impl Hub {
     }
 
     /// An append to `path` (relative to the root) moved its tail.
-    async fn on_append(&self, path: String, before: u64, after: u64) -> Result<(), HubError> {
+    async fn on_append(
+        &self,
+        path: String,
+        stream: u64,
+        before: u64,
+        after: u64,
+    ) -> Result<(), HubError> {
         let log = self.opened()?;
         let ids: Vec<String> = log
             .read(|subs| {
@@ -705,9 +721,12 @@ impl Hub {
             .change(|subs| {
                 Ok((
                     subs.appended(
-                        &path,
-                        before,
-                        after,
+                        &Appended {
+                            path: &path,
+                            stream,
+                            before,
+                            after,
+                        },
                         now,
                         |p| tails.get(p).copied(),
                         wake_id,
@@ -937,6 +956,7 @@ impl Hub {
 struct Recent {
     at: std::time::Instant,
     path: String,
+    stream: u64,
     before: u64,
     after: u64,
 }
@@ -959,7 +979,7 @@ fn backoff(n: u32) -> u64 {
 struct Observer(Weak<Hub>);
 
 impl AppendObserver for Observer {
-    fn appended(&self, key: &Key, before: u64, after: u64) {
+    fn appended(&self, key: &Key, stream: u64, before: u64, after: u64) {
         let path = key.as_str().trim_start_matches('/');
         if path.starts_with("__ds/") {
             return;
@@ -971,7 +991,7 @@ impl AppendObserver for Observer {
             let path = path.to_owned();
             tokio::spawn(async move {
                 match hub.log().await {
-                    Ok(_) => hub.spawn_on_append(path, before, after),
+                    Ok(_) => hub.spawn_on_append(path, stream, before, after),
                     Err(e) => {
                         tracing::warn!(error = %e, "the subscription log could not be opened");
                     }
@@ -994,7 +1014,7 @@ impl AppendObserver for Observer {
             })
         });
         if attention {
-            hub.spawn_on_append(path.to_owned(), before, after);
+            hub.spawn_on_append(path.to_owned(), stream, before, after);
         } else if hub.engine.is_shared() {
             let mut recent = hub.recent.lock().unwrap_or_else(|e| e.into_inner());
             if recent.len() >= RECENT_MAX {
@@ -1003,6 +1023,7 @@ impl AppendObserver for Observer {
             recent.push_back(Recent {
                 at: std::time::Instant::now(),
                 path: path.to_owned(),
+                stream,
                 before,
                 after,
             });

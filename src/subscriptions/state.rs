@@ -117,6 +117,10 @@ pub(crate) struct Link {
     pub(crate) glob: bool,
     /// Everything before this offset is processed.
     pub(crate) acked: u64,
+    /// The incarnation (storage id) of the stream the cursor is for, once
+    /// known: a stream deleted and created again starts over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) stream: Option<u64>,
 }
 
 /// The wake in progress.
@@ -203,6 +207,10 @@ pub(crate) enum Op {
         path: String,
         explicit: bool,
         at: u64,
+        /// The stream's incarnation: a link made for another one starts
+        /// over at `at`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stream: Option<u64>,
     },
     /// Drops the explicit reason for a link (the link stays while the
     /// pattern matches).
@@ -281,6 +289,19 @@ pub(crate) enum Refusal {
     Fenced,
     /// 409 `INVALID_OFFSET`.
     InvalidOffset(String),
+}
+
+/// An append, as the hook on appends saw it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Appended<'a> {
+    /// The stream, relative to the root.
+    pub(crate) path: &'a str,
+    /// Its incarnation (storage id).
+    pub(crate) stream: u64,
+    /// Its tail before the append.
+    pub(crate) before: u64,
+    /// Its tail after it.
+    pub(crate) after: u64,
 }
 
 /// What a wake's holder reports.
@@ -399,7 +420,7 @@ impl Subscriptions {
         id: &str,
         config: Config,
         now_ms: u64,
-        existing: &[(String, u64)],
+        existing: &[(String, u64, u64)],
         base_url: Option<String>,
     ) -> Result<(Vec<Op>, bool), Refusal> {
         if let Some(current) = self.all.get(id) {
@@ -422,20 +443,22 @@ impl Subscriptions {
             generation: self.tombstones.get(id).copied().unwrap_or(0),
             base_url,
         }];
-        let tails: HashMap<&str, u64> = existing.iter().map(|(p, t)| (p.as_str(), *t)).collect();
-        for (path, tail) in existing {
+        let found: HashMap<&str, (u64, u64)> = existing
+            .iter()
+            .map(|(p, tail, stream)| (p.as_str(), (*tail, *stream)))
+            .collect();
+        for (path, tail, stream) in existing {
             let glob = pattern.as_ref().is_some_and(|p| p.matches(path));
             if glob && !reserved(path) && own_wake_stream.as_deref() != Some(path) {
-                ops.push(link(id, path, false, *tail));
+                ops.push(link(id, path, false, *tail, Some(*stream)));
             }
         }
         for path in &config.streams {
-            ops.push(link(
-                id,
-                path,
-                true,
-                tails.get(path.as_str()).copied().unwrap_or(0),
-            ));
+            let (at, stream) = match found.get(path.as_str()) {
+                Some((tail, stream)) => (*tail, Some(*stream)),
+                None => (0, None),
+            };
+            ops.push(link(id, path, true, at, stream));
         }
         Ok((ops, true))
     }
@@ -456,7 +479,7 @@ impl Subscriptions {
         &self,
         id: &str,
         paths: &[String],
-        tails: impl Fn(&str) -> Option<u64>,
+        found: impl Fn(&str) -> Option<(u64, u64)>,
     ) -> Result<Vec<Op>, Refusal> {
         let sub = self.all.get(id).ok_or(Refusal::NotFound)?;
         for path in paths {
@@ -472,7 +495,10 @@ impl Subscriptions {
         Ok(paths
             .iter()
             .filter(|p| !sub.links.get(*p).is_some_and(|l| l.explicit))
-            .map(|p| link(id, p, true, tails(p).unwrap_or(0)))
+            .map(|p| {
+                let (at, stream) = found(p).map_or((0, None), |(tail, s)| (tail, Some(s)));
+                link(id, p, true, at, stream)
+            })
             .collect())
     }
 
@@ -488,34 +514,50 @@ impl Subscriptions {
         })
     }
 
-    /// An append moved `path`'s tail from `before` to `after`: streams that
+    /// An append moved a stream's tail (see [`Appended`]): streams that
     /// start to match a pattern are linked at `before` (so this append is
     /// delivered), and idle subscriptions with pending work wake.
     /// `wake_id` makes a fresh wake id.
     pub(crate) fn appended(
         &self,
-        path: &str,
-        before: u64,
-        after: u64,
+        append: &Appended<'_>,
         now_ms: u64,
         tails: impl Fn(&str) -> Option<u64>,
         mut wake_id: impl FnMut() -> String,
     ) -> Vec<Op> {
+        let &Appended {
+            path,
+            stream,
+            before,
+            after,
+        } = append;
         let mut ops = Vec::new();
         for id in self.interested(path) {
             let Some(sub) = self.all.get(id) else {
                 continue;
             };
-            let mut acked = sub.links.get(path).map(|l| l.acked);
-            if acked.is_none() {
-                ops.push(link(id, path, false, before));
-                acked = Some(before);
-            }
+            let acked = match sub.links.get(path) {
+                // New to this subscription, or a new incarnation of a linked
+                // stream: linked from before this append.
+                Some(l) if l.stream.is_none_or(|s| s == stream) => {
+                    if l.stream.is_none() {
+                        // First seen since it was linked: remember which
+                        // incarnation the cursor is for.
+                        ops.push(link(id, path, l.explicit, l.acked, Some(stream)));
+                    }
+                    l.acked
+                }
+                _ => {
+                    ops.push(link(id, path, false, before, Some(stream)));
+                    before
+                }
+            };
             if sub.wake.is_some() || sub.retry.is_some() {
                 continue;
             }
             let mut snapshot = sub.pending(&tails);
-            if after > acked.unwrap_or(0) {
+            snapshot.remove(path);
+            if after > acked {
                 snapshot.insert(path.to_owned(), after);
             }
             if !snapshot.is_empty() {
@@ -880,6 +922,7 @@ impl Subscriptions {
                 path,
                 explicit,
                 at,
+                stream,
             } => {
                 let Some(sub) = self.all.get_mut(id) else {
                     return;
@@ -888,7 +931,15 @@ impl Subscriptions {
                     explicit: false,
                     glob: false,
                     acked: *at,
+                    stream: *stream,
                 });
+                if let Some(stream) = stream {
+                    if link.stream.is_some_and(|s| s != *stream) {
+                        // Another incarnation: its cursor starts over.
+                        link.acked = *at;
+                    }
+                    link.stream = Some(*stream);
+                }
                 if *explicit {
                     link.explicit = true;
                     self.named
@@ -1025,12 +1076,13 @@ impl Subscriptions {
     }
 }
 
-fn link(id: &str, path: &str, explicit: bool, at: u64) -> Op {
+fn link(id: &str, path: &str, explicit: bool, at: u64, stream: Option<u64>) -> Op {
     Op::Link {
         id: id.to_owned(),
         path: path.to_owned(),
         explicit,
         at,
+        stream,
     }
 }
 
@@ -1103,11 +1155,13 @@ mod tests {
         .unwrap()
     }
 
-    /// State and stream tails, with ids counted up.
+    /// State and stream tails, with ids counted up. Streams are all of
+    /// incarnation 1 unless `incarnations` says otherwise.
     #[derive(Default)]
     struct World {
         subs: Subscriptions,
         tails: HashMap<String, u64>,
+        incarnations: HashMap<String, u64>,
         next: u32,
     }
 
@@ -1123,8 +1177,11 @@ mod tests {
         }
 
         fn create(&mut self, id: &str, config: Config) -> bool {
-            let existing: Vec<(String, u64)> =
-                self.tails.iter().map(|(p, t)| (p.clone(), *t)).collect();
+            let existing: Vec<(String, u64, u64)> = self
+                .tails
+                .iter()
+                .map(|(p, t)| (p.clone(), *t, self.incarnation(p)))
+                .collect();
             let (ops, created) = self.subs.create(id, config, 0, &existing, None).unwrap();
             self.record(ops);
             created
@@ -1134,11 +1191,16 @@ mod tests {
             let before = self.tails.get(path).copied().unwrap_or(0);
             self.tails.insert(path.into(), before + bytes);
             let tails = self.tails.clone();
+            let stream = self.incarnation(path);
             let next = &mut self.next;
-            let ops = self.subs.appended(
+            let append = Appended {
                 path,
+                stream,
                 before,
-                before + bytes,
+                after: before + bytes,
+            };
+            let ops = self.subs.appended(
+                &append,
                 now,
                 |p| tails.get(p).copied(),
                 || {
@@ -1147,6 +1209,21 @@ mod tests {
                 },
             );
             self.record(ops);
+        }
+
+        fn incarnation(&self, path: &str) -> u64 {
+            self.incarnations.get(path).copied().unwrap_or(1)
+        }
+
+        /// Deletes `path` and creates it again, empty.
+        fn recreate(&mut self, path: &str) {
+            let next = self.incarnation(path) + 1;
+            self.incarnations.insert(path.into(), next);
+            self.tails.insert(path.into(), 0);
+        }
+
+        fn found(&self) -> impl Fn(&str) -> Option<(u64, u64)> + '_ {
+            |p| Some((*self.tails.get(p)?, self.incarnation(p)))
         }
 
         fn tails(&self) -> impl Fn(&str) -> Option<u64> + '_ {
@@ -1230,14 +1307,14 @@ mod tests {
         w.tails.insert("events/a".into(), 5);
         let tails = w.tails.clone();
         let decide = |n: &str| {
-            w.subs.appended(
-                "events/a",
-                0,
-                5,
-                0,
-                |p| tails.get(p).copied(),
-                || n.to_owned(),
-            )
+            let append = Appended {
+                path: "events/a",
+                stream: 1,
+                before: 0,
+                after: 5,
+            };
+            w.subs
+                .appended(&append, 0, |p| tails.get(p).copied(), || n.to_owned())
         };
         let (first, second) = (decide("w-a"), decide("w-b"));
         w.record(first);
@@ -1422,6 +1499,28 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_created_again_starts_its_cursor_over() {
+        let mut w = World::default();
+        w.create("p", pull("events/*"));
+        w.append("events/a", 100, 0);
+        let wake = w.sub("p").wake.as_ref().unwrap().id.clone();
+        let ops = w.subs.claim("p", "w1", 0, w.tails(), ids()).unwrap();
+        w.record(ops);
+        let done = report(1, &wake, &[("events/a", 100)], true);
+        let (ops, _) = w.subs.report("p", &done, 1, w.tails(), ids()).unwrap();
+        w.record(ops);
+        assert_eq!(w.sub("p").links["events/a"].acked, 100);
+        // Deleted and created again: its first 40 bytes are new work, not
+        // covered by the old incarnation's cursor.
+        w.recreate("events/a");
+        w.append("events/a", 40, 2);
+        let sub = w.sub("p");
+        assert_eq!(sub.links["events/a"].acked, 0);
+        assert_eq!(sub.links["events/a"].stream, Some(2));
+        assert_eq!(sub.wake.as_ref().unwrap().snapshot["events/a"], 40);
+    }
+
+    #[test]
     fn a_snapshot_rebuilds_the_same_state() {
         let mut w = World::default();
         w.subs.apply(&Op::SigningKey { seed: "k".into() });
@@ -1433,7 +1532,7 @@ mod tests {
         w.record(w.subs.delete("gone"));
         let ops = w
             .subs
-            .add_streams("p", &["named/x".into()], w.tails())
+            .add_streams("p", &["named/x".into()], w.found())
             .unwrap();
         w.record(ops);
         w.append("events/a", 5, 0);
@@ -1512,7 +1611,7 @@ mod tests {
         w.create("s", webhook("events/*"));
         let ops = w
             .subs
-            .add_streams("s", &["events/a".into(), "manual/b".into()], w.tails())
+            .add_streams("s", &["events/a".into(), "manual/b".into()], w.found())
             .unwrap();
         w.record(ops);
         let sub = w.sub("s");
@@ -1521,7 +1620,7 @@ mod tests {
         // Adding again changes nothing.
         assert!(w
             .subs
-            .add_streams("s", &["manual/b".into()], w.tails())
+            .add_streams("s", &["manual/b".into()], w.found())
             .unwrap()
             .is_empty());
         // An append to a named stream wakes the subscription.
@@ -1564,7 +1663,7 @@ mod tests {
         w.create("p", pull("**"));
         assert!(w
             .subs
-            .add_streams("p", &["wake/pool".into()], w.tails())
+            .add_streams("p", &["wake/pool".into()], w.found())
             .is_err());
     }
 
