@@ -796,3 +796,51 @@ async fn instances_over_postgresql_agree_across_log_compactions() {
         "one signing key for every instance"
     );
 }
+
+/// A service that outlives the runtime it was first used on (a test
+/// harness, a host restarting its runtime) keeps its background work: the
+/// lease sweeper starts again on the next runtime.
+#[test]
+fn the_sweeper_starts_again_on_a_new_runtime() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let service = service(dev());
+    runtime().block_on(async {
+        put(&service, "/wake/rt", "application/json", b"[]").await;
+        put_json(
+            &service,
+            "/__ds/subscriptions/rt",
+            serde_json::json!({"type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wake/rt", "lease_ttl_ms": 1000}),
+        )
+        .await;
+        put(&service, "/jobs/1", "application/json", br#"{"n":1}"#).await;
+        let claim = post_json(
+            &service,
+            "/__ds/subscriptions/rt/claim",
+            None,
+            serde_json::json!({"worker": "w1"}),
+        )
+        .await;
+        assert_eq!(claim.status, StatusCode::OK, "{}", claim.text());
+    });
+    // That runtime is gone, and its tasks with it. On the next one, the
+    // lease runs out and only the sweeper can write the second wake event.
+    runtime().block_on(async {
+        assert_eq!(
+            get(&service, "/__ds/subscriptions/rt").await.status,
+            StatusCode::OK
+        );
+        for _ in 0..500 {
+            let events = get(&service, "/wake/rt?offset=-1").await.json();
+            if events.as_array().is_some_and(|e| e.len() >= 2) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the expired lease was not swept on the new runtime");
+    });
+}

@@ -26,6 +26,9 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_DELIVERIES: usize = 64;
 /// How often leases and retries are looked at.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a retry may be overdue before an instance other than the one
+/// that scheduled it makes it.
+const RETRY_TAKEOVER: Duration = Duration::from_secs(30);
 /// How long a callback or claim token is valid.
 const TOKEN_SECONDS: u64 = 3600;
 
@@ -39,6 +42,8 @@ pub(crate) struct Hub {
     /// recorded in the log).
     keys: std::sync::OnceLock<Keys>,
     allow_development: bool,
+    /// This instance's name in the retry schedules it writes.
+    instance: String,
     /// The most existing streams a new pattern may link.
     max_backfill: usize,
     /// The log length that sets off a compaction.
@@ -55,8 +60,9 @@ pub(crate) struct Hub {
     recent: Mutex<std::collections::VecDeque<Recent>>,
     /// The log version `recent` was last looked at against.
     replayed: std::sync::atomic::AtomicU64,
-    /// Whether the background tasks were started.
-    started: std::sync::atomic::AtomicBool,
+    /// Whether the background tasks run (cleared when their runtime drops
+    /// them, so that the next request starts them on its own runtime).
+    running: Arc<std::sync::atomic::AtomicBool>,
     deliveries: Arc<Semaphore>,
     /// Deliveries running here, by (subscription, generation).
     delivering: Mutex<HashSet<(String, u64)>>,
@@ -151,11 +157,12 @@ impl Hub {
             seed: options.signing_seed,
             keys: std::sync::OnceLock::new(),
             allow_development: options.allow_development_webhooks,
+            instance: wake_id().replacen("w_", "i_", 1),
             max_backfill: options.max_backfill_streams,
             compact_after: options.compact_log_after_bytes,
             client,
             shutdown,
-            started: std::sync::atomic::AtomicBool::new(false),
+            running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             recent: Mutex::new(std::collections::VecDeque::new()),
             replayed: std::sync::atomic::AtomicU64::new(0),
             hooks: std::sync::atomic::AtomicUsize::new(0),
@@ -182,12 +189,34 @@ impl Hub {
                 Ok::<Log, StreamError>(log)
             })
             .await?;
-        if !self.started.swap(true, Ordering::AcqRel) {
-            let (me, shutdown) = (self.me.clone(), self.shutdown.clone());
-            tokio::spawn(Hub::follow(me.clone(), shutdown.clone()));
-            tokio::spawn(Hub::sweep(me, shutdown));
-        }
+        self.ensure_running();
         Ok(log)
+    }
+
+    /// Starts the follower and the sweeper on the current runtime unless
+    /// they run: at first use, and again if the runtime that ran them was
+    /// shut down while the service lives on.
+    fn ensure_running(&self) {
+        if self.running.load(Ordering::Acquire) || self.shutdown.is_cancelled() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (me, shutdown) = (self.me.clone(), self.shutdown.clone());
+        let running = Running(self.running.clone());
+        runtime.spawn(async move {
+            // They stop on shutdown or when the hub is dropped; the flag
+            // clears once both have, or when their runtime drops them.
+            let _running = running;
+            tokio::join!(
+                Hub::follow(me.clone(), shutdown.clone()),
+                Hub::sweep(me, shutdown)
+            );
+        });
     }
 
     /// The keys: from the host's seed, or else the seed recorded in the log,
@@ -337,7 +366,12 @@ impl Hub {
             let mut idle = Vec::new();
             for sub in subs.iter() {
                 match &sub.wake {
-                    Some(_) if sub.retry.is_some_and(|(_, at)| at <= now) => {
+                    Some(_)
+                        if sub
+                            .retry
+                            .as_ref()
+                            .is_some_and(|r| self.retry_is_mine(r, now)) =>
+                    {
                         due.push((sub.id.clone(), sub.generation));
                     }
                     Some(_) if sub.lease_over(now) => expired.push(sub.id.clone()),
@@ -379,6 +413,18 @@ impl Hub {
             self.spawn_delivery(id, generation);
         }
         Ok(())
+    }
+
+    /// Whether this instance makes the retry now: it is due, and this
+    /// instance scheduled it, or the one that did has left it overdue (it
+    /// stopped, say) for [`RETRY_TAKEOVER`].
+    fn retry_is_mine(&self, retry: &super::state::Retry, now: u64) -> bool {
+        let takeover = u64::try_from(RETRY_TAKEOVER.as_millis()).unwrap_or(u64::MAX);
+        match &retry.by {
+            _ if retry.at_ms > now => false,
+            Some(by) if *by != self.instance => retry.at_ms.saturating_add(takeover) <= now,
+            _ => true,
+        }
     }
 
     /// The current tails of every stream linked to the subscriptions `ids`.
@@ -818,7 +864,7 @@ impl Hub {
             .opened_keys()?
             .signing
             .signature_header(now_ms() / 1000, &body);
-        let attempt = sub.retry.map_or(0, |(n, _)| n);
+        let attempt = sub.retry.as_ref().map_or(0, |r| r.attempt);
         let answer =
             tokio::time::timeout(DELIVERY_TIMEOUT, self.client.post(&target, body, signature))
                 .await;
@@ -865,6 +911,7 @@ impl Hub {
                             generation,
                             attempt: next,
                             at_ms: at,
+                            by: Some(self.instance.clone()),
                         }]
                     } else {
                         Vec::new()
@@ -951,6 +998,15 @@ impl Hub {
     }
 }
 
+/// Clears its flag when dropped: with the task that holds it.
+struct Running(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// An append no known subscription wanted (see [`Hub::recent`]).
 #[derive(Debug)]
 struct Recent {
@@ -985,7 +1041,9 @@ impl AppendObserver for Observer {
             return;
         }
         let Some(hub) = self.0.upgrade() else { return };
-        if hub.log.get().is_none() {
+        if hub.log.get().is_some() {
+            hub.ensure_running();
+        } else {
             // Subscriptions made before a restart: open the log, then decide
             // this append against it.
             let path = path.to_owned();
@@ -1027,6 +1085,54 @@ impl AppendObserver for Observer {
                 before,
                 after,
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Limits;
+    use crate::storage::MemoryStorage;
+    use crate::subscriptions::state::Retry;
+
+    #[tokio::test]
+    async fn a_due_retry_is_made_by_its_scheduler_unless_long_overdue() {
+        let storage = Arc::new(MemoryStorage::new());
+        let shutdown = CancellationToken::new();
+        let engine = Engine::new(storage, Limits::default(), &shutdown);
+        let hub = Hub::new(engine, &SubscriptionOptions::new(), shutdown).unwrap();
+        let retry = |by: Option<&str>| Retry {
+            attempt: 1,
+            at_ms: 1_000,
+            by: by.map(str::to_owned),
+        };
+        let mine = retry(Some(&hub.instance));
+        let theirs = retry(Some("i_other"));
+        assert!(!hub.retry_is_mine(&mine, 999), "not due yet");
+        assert!(hub.retry_is_mine(&mine, 1_000));
+        assert!(hub.retry_is_mine(&retry(None), 1_000));
+        assert!(!hub.retry_is_mine(&theirs, 1_000));
+        assert!(!hub.retry_is_mine(&theirs, 30_999));
+        assert!(hub.retry_is_mine(&theirs, 31_000), "taken over");
+    }
+
+    #[test]
+    fn the_back_off_doubles_to_a_minute_with_a_fifth_of_jitter() {
+        for (attempt, base) in [
+            (1, 1_000),
+            (2, 2_000),
+            (6, 32_000),
+            (7, 60_000),
+            (40, 60_000),
+        ] {
+            for _ in 0..50 {
+                let delay = backoff(attempt);
+                assert!(
+                    (base - base / 5..=base + base / 5).contains(&delay),
+                    "{attempt}: {delay}"
+                );
+            }
         }
     }
 }

@@ -137,6 +137,19 @@ pub(crate) struct Wake {
     pub(crate) lease_until_ms: Option<u64>,
 }
 
+/// A failed webhook delivery's retry schedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Retry {
+    /// Failed attempts so far.
+    pub(crate) attempt: u32,
+    /// When the next attempt is due.
+    pub(crate) at_ms: u64,
+    /// The instance that scheduled it, which makes the next attempt (the
+    /// others only if it is long overdue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) by: Option<String>,
+}
+
 /// A subscription.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Subscription {
@@ -150,9 +163,9 @@ pub(crate) struct Subscription {
     /// Counts wakes; a request for an older one is fenced.
     pub(crate) generation: u64,
     pub(crate) wake: Option<Wake>,
-    /// A webhook delivery that failed: the attempt count and when the next
-    /// one is due (the subscription's status is `failed` meanwhile).
-    pub(crate) retry: Option<(u32, u64)>,
+    /// A webhook delivery that failed, and when to try again (the
+    /// subscription's status is `failed` meanwhile).
+    pub(crate) retry: Option<Retry>,
 }
 
 impl Subscription {
@@ -246,6 +259,9 @@ pub(crate) enum Op {
         generation: u64,
         attempt: u32,
         at_ms: u64,
+        /// The instance that will try again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// A webhook delivery that the receiver took (2xx) after failed ones:
     /// no more retries for it, and the lease runs from now.
@@ -1031,13 +1047,18 @@ impl Subscriptions {
                 generation,
                 attempt,
                 at_ms,
+                by,
             } => {
                 // Only for the wake it was about: a delivery that failed after
                 // its wake ended (the receiver called back `done`, then the
                 // POST timed out) changes nothing.
                 if let Some(sub) = self.all.get_mut(id) {
                     if sub.generation == *generation && sub.wake.is_some() {
-                        sub.retry = Some((*attempt, *at_ms));
+                        sub.retry = Some(Retry {
+                            attempt: *attempt,
+                            at_ms: *at_ms,
+                            by: by.clone(),
+                        });
                     }
                 }
             }
@@ -1544,6 +1565,7 @@ mod tests {
             generation: 1,
             attempt: 2,
             at_ms: 9,
+            by: None,
         }]);
         let snapshot = w.subs.snapshot();
         assert_eq!(snapshot, w.subs.snapshot(), "the same every time");
@@ -1682,6 +1704,7 @@ mod tests {
             generation: 1,
             attempt: 1,
             at_ms: 1_000,
+            by: None,
         }]);
         assert_eq!(w.sub("s").retry, None);
         w.append("events/a", 1, 2);
@@ -1698,6 +1721,7 @@ mod tests {
             generation: 1,
             attempt: 1,
             at_ms: 1_000,
+            by: None,
         }]);
         assert!(w.sub("s").retry.is_some());
         // Retried past its lease, the wake is not ended: the retries go on.
