@@ -32,7 +32,7 @@ cargo clippy --all-targets --all-features -- -D warnings
 step "cargo check --lib (no optional features, and each backend alone)"
 cargo check --lib --no-default-features
 cargo check --lib --no-default-features --features postgres
-cargo check --lib --no-default-features --features unstable-subscriptions
+cargo check --lib --no-default-features --features subscriptions
 
 step "cargo doc (warnings denied: broken links, missing docs)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features

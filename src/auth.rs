@@ -103,10 +103,10 @@ pub enum Operation {
         /// The stream.
         path: String,
     },
-    /// A subscription API (feature `unstable-subscriptions`). The key set
+    /// A subscription API (feature `subscriptions`). The key set
     /// (`__ds/jwks.json`) is public, and callbacks, acks and releases carry
     /// the wake's own token, so none of those ask the hook.
-    #[cfg(feature = "unstable-subscriptions")]
+    #[cfg(feature = "subscriptions")]
     Subscription {
         /// The request's path below the mount (`/__ds/subscriptions/<id>...`).
         path: String,
@@ -117,8 +117,8 @@ pub enum Operation {
     },
 }
 
-/// What a subscription request asks (feature `unstable-subscriptions`).
-#[cfg(feature = "unstable-subscriptions")]
+/// What a subscription request asks (feature `subscriptions`).
+#[cfg(feature = "subscriptions")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SubscriptionAction {
@@ -158,7 +158,7 @@ impl Operation {
             | Operation::Read { path, .. }
             | Operation::Head { path }
             | Operation::Delete { path } => path,
-            #[cfg(feature = "unstable-subscriptions")]
+            #[cfg(feature = "subscriptions")]
             Operation::Subscription { path, .. } => path,
         }
     }
@@ -167,7 +167,7 @@ impl Operation {
     pub fn writes(&self) -> bool {
         match self {
             Operation::Read { .. } | Operation::Head { .. } => false,
-            #[cfg(feature = "unstable-subscriptions")]
+            #[cfg(feature = "subscriptions")]
             Operation::Subscription {
                 action: SubscriptionAction::Read,
                 ..

@@ -74,7 +74,7 @@ mod protocol;
 mod service;
 pub mod storage;
 pub mod streams;
-#[cfg(feature = "unstable-subscriptions")]
+#[cfg(feature = "subscriptions")]
 mod subscriptions;
 
 pub use engine::StreamError;
@@ -85,7 +85,7 @@ pub use service::{
 };
 pub use storage::{MemoryStorage, Storage, StorageError};
 pub use streams::Streams;
-#[cfg(feature = "unstable-subscriptions")]
+#[cfg(feature = "subscriptions")]
 pub use subscriptions::SubscriptionOptions;
 
 /// The crate's pure protocol helpers, for its own micro-benchmarks only: not

@@ -1,8 +1,8 @@
 //! The subscription APIs through the service (feature
-//! `unstable-subscriptions`): webhook signatures checked against the
+//! `subscriptions`): webhook signatures checked against the
 //! published key set, fencing, leases, URL refusals, and state that
 //! survives a restart. Webhook receivers listen on 127.0.0.1 only.
-#![cfg(feature = "unstable-subscriptions")]
+#![cfg(feature = "subscriptions")]
 
 mod common;
 

@@ -44,18 +44,25 @@ pub struct Config {
     pub subscriptions: SubscriptionsSection,
 }
 
-/// The subscription APIs (webhooks and pull-wake workers): unstable, and
-/// only in a server built with the `unstable-subscriptions` feature.
+/// The subscription APIs (webhooks and pull-wake workers), in a server built
+/// with the `subscriptions` feature.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SubscriptionsSection {
     /// Serve them (off by default).
     pub enabled: bool,
-    /// Also accept `http` webhooks to localhost and 127.0.0.x (development).
+    /// Also accept webhooks to localhost and 127.0.0.x (development).
     pub allow_development_webhooks: bool,
-    /// The webhook signing key's 32-byte seed, base64url; every instance over
-    /// one store needs the same. Without it each start makes a new key.
+    /// The webhook signing key's 32-byte seed, base64url. Without it the key
+    /// is made once and kept in the store, which every instance shares.
     pub signing_seed: Option<String>,
+    /// PEM files of extra root certificates for `https` webhooks (a
+    /// private CA), beside the Mozilla roots built in.
+    pub webhook_root_certificates: Vec<std::path::PathBuf>,
+    /// The most existing streams a new subscription's pattern may match.
+    pub max_backfill_streams: Option<usize>,
+    /// The subscription log's length that sets off its compaction.
+    pub compact_log_after_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -374,7 +374,7 @@ pub async fn serve(config: Config) {
 }
 
 /// The subscription APIs, if the settings ask for them.
-#[cfg(feature = "unstable-subscriptions")]
+#[cfg(feature = "subscriptions")]
 fn subscriptions(
     builder: tower_durable_streams::Builder,
     config: &Config,
@@ -399,20 +399,50 @@ fn subscriptions(
             });
         options = options.signing_seed(seed);
     }
-    tracing::warn!(
-        "the subscription APIs are on: they are unstable, and this server does not authorize them"
-    );
+    for path in &section.webhook_root_certificates {
+        use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+            .unwrap_or_else(|e| {
+                fail(
+                    format!(
+                        "subscriptions.webhook_root_certificates: cannot read {}: {e}",
+                        path.display()
+                    ),
+                    2,
+                )
+            });
+        if certs.is_empty() {
+            fail(
+                format!(
+                    "subscriptions.webhook_root_certificates: no certificate in {}",
+                    path.display()
+                ),
+                2,
+            );
+        }
+        for cert in certs {
+            options = options.add_webhook_root_certificate(cert.to_vec());
+        }
+    }
+    if let Some(max) = section.max_backfill_streams {
+        options = options.max_backfill_streams(max);
+    }
+    if let Some(bytes) = section.compact_log_after_bytes {
+        options = options.compact_log_after_bytes(bytes);
+    }
+    tracing::warn!("the subscription APIs are on, and this server does not authorize them");
     builder.subscriptions(options)
 }
 
-#[cfg(not(feature = "unstable-subscriptions"))]
+#[cfg(not(feature = "subscriptions"))]
 fn subscriptions(
     builder: tower_durable_streams::Builder,
     config: &Config,
 ) -> tower_durable_streams::Builder {
     if config.subscriptions.enabled {
         fail(
-            "subscriptions.enabled needs a server built with the unstable-subscriptions feature",
+            "subscriptions.enabled needs a server built with the subscriptions feature",
             2,
         );
     }

@@ -23,7 +23,7 @@ mod lifecycle;
 mod producer;
 mod read;
 mod registry;
-#[cfg(feature = "unstable-subscriptions")]
+#[cfg(feature = "subscriptions")]
 pub(crate) use registry::now_ms;
 mod rules;
 mod sync;
@@ -231,14 +231,14 @@ pub(crate) struct Engine {
     limits: Limits,
     sweeper: Sweeper,
     /// Told of every append and of creates with data.
-    #[cfg(feature = "unstable-subscriptions")]
+    #[cfg(feature = "subscriptions")]
     observer: std::sync::OnceLock<Arc<dyn AppendObserver>>,
 }
 
 /// Told of data written to a stream (the subscriptions' hook): `before` and
 /// `after` are the stream's tail around the write. Called on the writer's
 /// task after the write is durable; it must not block.
-#[cfg(feature = "unstable-subscriptions")]
+#[cfg(feature = "subscriptions")]
 pub(crate) trait AppendObserver: Send + Sync {
     fn appended(&self, key: &Key, stream: u64, before: u64, after: u64);
 }
@@ -254,7 +254,7 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Whether several instances share the storage.
-    #[cfg(feature = "unstable-subscriptions")]
+    #[cfg(feature = "subscriptions")]
     pub(crate) fn is_shared(&self) -> bool {
         self.shared
     }
@@ -263,7 +263,7 @@ impl Engine {
     /// most `limit` (and whether there were more): from the registry, which
     /// holds every stream of a backend one process owns, or page by page
     /// from shared storage.
-    #[cfg(feature = "unstable-subscriptions")]
+    #[cfg(feature = "subscriptions")]
     pub(crate) async fn list(
         &self,
         prefix: &str,
@@ -302,7 +302,7 @@ impl Engine {
     }
 
     /// Sets the observer of appends; `false` if one is set already.
-    #[cfg(feature = "unstable-subscriptions")]
+    #[cfg(feature = "subscriptions")]
     pub(crate) fn observe(&self, observer: Arc<dyn AppendObserver>) -> bool {
         self.observer.set(observer).is_ok()
     }
@@ -310,13 +310,13 @@ impl Engine {
     /// Tells the observer, if any, of a write.
     #[inline]
     fn observed(&self, key: &Key, stream: u64, before: u64, after: u64) {
-        #[cfg(feature = "unstable-subscriptions")]
+        #[cfg(feature = "subscriptions")]
         if let Some(observer) = self.observer.get() {
             if after > before {
                 observer.appended(key, stream, before, after);
             }
         }
-        #[cfg(not(feature = "unstable-subscriptions"))]
+        #[cfg(not(feature = "subscriptions"))]
         let _ = (key, stream, before, after);
     }
 
@@ -341,7 +341,7 @@ impl Engine {
                 registry: Registry::default(),
                 loaded: OnceCell::new(),
                 sweeper: Sweeper::new(weak.clone(), limits.sweep_interval, shutdown.child_token()),
-                #[cfg(feature = "unstable-subscriptions")]
+                #[cfg(feature = "subscriptions")]
                 observer: std::sync::OnceLock::new(),
                 limits: Limits {
                     max_read_bytes: limits.max_read_bytes.max(1),

@@ -70,7 +70,7 @@ pub enum BuildError {
     /// certificate given to
     /// [`SubscriptionOptions::add_webhook_root_certificate`](crate::SubscriptionOptions::add_webhook_root_certificate)
     /// does not parse).
-    #[cfg(feature = "unstable-subscriptions")]
+    #[cfg(feature = "subscriptions")]
     #[error("the subscription APIs could not be set up: {0}")]
     Subscriptions(String),
 }
@@ -113,7 +113,7 @@ pub struct Builder {
     min_body_rate: u64,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::Metrics>,
-    #[cfg(feature = "unstable-subscriptions")]
+    #[cfg(feature = "subscriptions")]
     subscriptions: Option<crate::SubscriptionOptions>,
 }
 
@@ -141,7 +141,7 @@ impl Default for Builder {
             min_body_rate: 1_024,
             #[cfg(feature = "metrics")]
             metrics: None,
-            #[cfg(feature = "unstable-subscriptions")]
+            #[cfg(feature = "subscriptions")]
             subscriptions: None,
         }
     }
@@ -357,12 +357,15 @@ impl Builder {
     /// Serves the subscription APIs under `__ds` (PROTOCOL.md sections 6
     /// and 7: webhooks and pull-wake workers), which otherwise answer 404.
     ///
-    /// **Unstable and incomplete** (feature `unstable-subscriptions`):
-    /// webhooks are delivered over plain `http` only (to the development
-    /// URLs [`SubscriptionOptions::allow_development_webhooks`] permits).
+    /// Feature `subscriptions`. Subscription state lives in the storage
+    /// backend (an internal stream under `__ds`), so it survives restarts of
+    /// durable backends and is shared by every instance over one
+    /// PostgreSQL. Webhooks go to public `https` URLs only unless
+    /// [`SubscriptionOptions::allow_development_webhooks`] is on.
     /// The control routes and claims ask the [`Builder::authorize`] hook with
     /// [`Operation::Subscription`](crate::auth::Operation::Subscription);
     /// without an authorizer anyone who reaches the service can subscribe.
+    /// `docs/subscriptions.md` covers operating them.
     ///
     /// [`SubscriptionOptions::allow_development_webhooks`]: crate::SubscriptionOptions::allow_development_webhooks
     ///
@@ -375,7 +378,7 @@ impl Builder {
     ///     .expect("valid settings");
     /// # let _ = service;
     /// ```
-    #[cfg(feature = "unstable-subscriptions")]
+    #[cfg(feature = "subscriptions")]
     pub fn subscriptions(mut self, options: crate::SubscriptionOptions) -> Self {
         self.subscriptions = Some(options);
         self
@@ -449,7 +452,7 @@ impl Builder {
             sweep_interval: self.expiry_sweep_interval,
         };
         let engine = Engine::new(storage, limits, &shutdown);
-        #[cfg(feature = "unstable-subscriptions")]
+        #[cfg(feature = "subscriptions")]
         let hub = match &self.subscriptions {
             Some(options) => Some(
                 crate::subscriptions::hub::Hub::new(engine.clone(), options, shutdown.clone())
@@ -460,7 +463,7 @@ impl Builder {
         Ok(DurableStreamsService {
             inner: Arc::new(Inner {
                 engine,
-                #[cfg(feature = "unstable-subscriptions")]
+                #[cfg(feature = "subscriptions")]
                 hub,
                 live_readers: Arc::new(Semaphore::new(self.max_live_readers)),
                 #[cfg(feature = "metrics")]

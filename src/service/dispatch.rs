@@ -27,7 +27,7 @@ where
     B::Error: Into<BoxError>,
 {
     let (parts, body) = request.into_parts();
-    #[cfg(feature = "unstable-subscriptions")]
+    #[cfg(feature = "subscriptions")]
     if let Some(hub) = &inner.hub {
         if super::subscriptions::is_control(parts.uri.path()) {
             return super::subscriptions::handle(inner.clone(), hub.clone(), parts, body).await;

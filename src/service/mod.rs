@@ -18,7 +18,7 @@ mod operations;
 mod problem;
 mod request;
 mod responses;
-#[cfg(feature = "unstable-subscriptions")]
+#[cfg(feature = "subscriptions")]
 mod subscriptions;
 mod upload;
 
@@ -103,7 +103,7 @@ impl DurableStreamsService {
     /// sweeper started too.
     pub async fn start(&self) -> Result<(), StreamError> {
         self.inner.engine.ready().await?;
-        #[cfg(feature = "unstable-subscriptions")]
+        #[cfg(feature = "subscriptions")]
         if let Some(hub) = &self.inner.hub {
             hub.log().await?;
         }
@@ -137,7 +137,7 @@ impl DurableStreamsService {
 
 pub(crate) struct Inner {
     engine: Arc<Engine>,
-    #[cfg(feature = "unstable-subscriptions")]
+    #[cfg(feature = "subscriptions")]
     hub: Option<Arc<crate::subscriptions::hub::Hub>>,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::Metrics>,

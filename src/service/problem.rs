@@ -19,7 +19,7 @@ pub(crate) struct Problem {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Also say the code as `error: {code, message, ...}` with these members
     /// (the subscription APIs' clients read it there).
-    #[cfg(feature = "unstable-subscriptions")]
+    #[cfg(feature = "subscriptions")]
     pub nested: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -30,14 +30,14 @@ impl Problem {
             code,
             detail: detail.into(),
             headers: Vec::new(),
-            #[cfg(feature = "unstable-subscriptions")]
+            #[cfg(feature = "subscriptions")]
             nested: None,
         }
     }
 
     /// Adds the `error` member, with `extra` members beside its code and
     /// message.
-    #[cfg(feature = "unstable-subscriptions")]
+    #[cfg(feature = "subscriptions")]
     pub fn nested(mut self, extra: serde_json::Map<String, serde_json::Value>) -> Self {
         self.nested = Some(extra);
         self
@@ -55,7 +55,7 @@ impl Problem {
     }
 
     pub fn into_response(self) -> Response<ResponseBody> {
-        #[cfg_attr(not(feature = "unstable-subscriptions"), allow(unused_mut))]
+        #[cfg_attr(not(feature = "subscriptions"), allow(unused_mut))]
         let mut body = serde_json::json!({
             "type": "about:blank",
             "title": self.status.canonical_reason().unwrap_or("Error"),
@@ -63,7 +63,7 @@ impl Problem {
             "code": self.code,
             "detail": self.detail,
         });
-        #[cfg(feature = "unstable-subscriptions")]
+        #[cfg(feature = "subscriptions")]
         if let Some(mut error) = self.nested {
             error.insert("code".into(), self.code.into());
             error.insert("message".into(), self.detail.clone().into());

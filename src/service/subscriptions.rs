@@ -1,4 +1,4 @@
-//! The subscription APIs under `__ds` (feature `unstable-subscriptions`).
+//! The subscription APIs under `__ds` (feature `subscriptions`).
 
 use std::sync::Arc;
 

@@ -73,11 +73,6 @@ impl Pattern {
         })
     }
 
-    /// The pattern as given.
-    pub(crate) fn as_str(&self) -> &str {
-        &self.text
-    }
-
     /// The text every matching name starts with: the literal leading
     /// segments, each followed by `/` when another segment must follow (not
     /// before `**`, which may match none). A listing of the names under it
@@ -235,6 +230,7 @@ impl<T: PartialEq> PatternIndex<T> {
     }
 
     /// How many patterns are filed.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }

@@ -140,6 +140,7 @@ pub(crate) struct Log {
 
 impl Log {
     /// Opens the log, creating its stream on first use, and folds it.
+    #[cfg(test)]
     pub(crate) async fn open(engine: Arc<Engine>) -> Result<Log, StreamError> {
         Log::open_compacting_after(engine, COMPACT_AFTER_BYTES).await
     }

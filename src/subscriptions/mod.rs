@@ -1,13 +1,9 @@
-//! Building blocks of the subscription APIs (PROTOCOL.md sections 6 and 7:
-//! webhooks and pull-wake workers), behind the `unstable-subscriptions`
-//! feature while they are built: pattern matching with an index, the checks
-//! on webhook URLs, webhook signing with its key set, callback tokens, the
-//! subscription state and its rules, and the log that keeps that state in an
-//! internal stream. Nothing routes to them yet; `docs/design/subscriptions.md`
-//! says how the rest fits.
-
-// Used by their own tests until the routes and the engine hook arrive.
-#![allow(dead_code)]
+//! The subscription APIs (PROTOCOL.md sections 6 and 7: webhooks and
+//! pull-wake workers), behind the `subscriptions` feature: pattern matching
+//! with an index, the checks on webhook URLs, the webhook client, signing
+//! with its key set, callback tokens, the subscription state and its rules,
+//! the log that keeps that state in an internal stream, and the hub that
+//! runs them. `docs/design/subscriptions.md` says how they fit.
 
 pub(crate) mod client;
 pub(crate) mod glob;
@@ -18,7 +14,7 @@ pub(crate) mod state;
 pub(crate) mod target;
 pub(crate) mod token;
 
-/// Settings of the subscription APIs (`unstable-subscriptions`; see
+/// Settings of the subscription APIs (feature `subscriptions`; see
 /// [`Builder::subscriptions`](crate::Builder::subscriptions)).
 ///
 /// ```
@@ -66,15 +62,17 @@ impl std::fmt::Debug for SubscriptionOptions {
 }
 
 impl SubscriptionOptions {
-    /// Defaults: a signing key made at start, webhooks only to public
-    /// `https` URLs.
+    /// Defaults: a signing key made once and kept in the store, webhooks
+    /// only to public `https` URLs.
     pub fn new() -> Self {
         SubscriptionOptions::default()
     }
 
-    /// The Ed25519 seed webhooks are signed with. Every instance over one
-    /// store needs the same one (their key sets and tokens must agree);
-    /// without it each process makes its own, which suits one instance.
+    /// The Ed25519 seed webhooks are signed with (callback tokens are
+    /// signed with a key derived from it). Without it, a key is made on
+    /// first use and kept in the subscription log, where every instance
+    /// over the store finds it; whoever can read the store can then read
+    /// the key, so a host that keeps secrets elsewhere passes the seed.
     pub fn signing_seed(mut self, seed: [u8; 32]) -> Self {
         self.signing_seed = Some(seed);
         self

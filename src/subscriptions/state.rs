@@ -397,11 +397,6 @@ impl Subscriptions {
         self.all.values()
     }
 
-    /// How many there are.
-    pub(crate) fn len(&self) -> usize {
-        self.all.len()
-    }
-
     /// The subscriptions that `path` (a stream's name relative to the root,
     /// no leading `/`) belongs to or would be linked to by its pattern.
     pub(crate) fn interested(&self, path: &str) -> BTreeSet<&str> {

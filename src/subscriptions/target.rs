@@ -47,6 +47,7 @@ impl Target {
     }
 
     /// Whether the URL was accepted through the development exception.
+    #[cfg(test)]
     pub(crate) fn is_development(&self) -> bool {
         self.development
     }
