@@ -844,3 +844,49 @@ fn the_sweeper_starts_again_on_a_new_runtime() {
         panic!("the expired lease was not swept on the new runtime");
     });
 }
+
+/// A webhook URL accepted once and refused at delivery (the server no longer
+/// allows development URLs) is a failed attempt: retried with back-off and
+/// shown as `failed`, not tried again at every sweep.
+#[tokio::test]
+async fn a_url_refused_at_delivery_is_a_failed_attempt() {
+    let (address, got) = receiver("{}").await;
+    let dir = tempfile::tempdir().unwrap();
+    let open = |options: SubscriptionOptions| {
+        let storage = FileStorage::open(dir.path(), Durability::Fsync).unwrap();
+        DurableStreamsService::builder()
+            .storage(storage)
+            .subscriptions(options.signing_seed([5; 32]))
+            .build()
+            .unwrap()
+    };
+    let developing = open(dev());
+    let created = put_json(
+        &developing,
+        "/__ds/subscriptions/d",
+        serde_json::json!({"type": "webhook", "pattern": "dev/*", "lease_ttl_ms": 1000,
+            "webhook": {"url": format!("http://{address}/hook")}}),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    put(&developing, "/dev/a", "application/json", br#"{"n":1}"#).await;
+    // Taken without `done`: the wake waits for a callback that never comes.
+    first_request(&got).await;
+    drop(developing);
+
+    let strict = open(SubscriptionOptions::new());
+    let mut status = serde_json::Value::Null;
+    for _ in 0..400 {
+        let sub = get(&strict, "/__ds/subscriptions/d").await.json();
+        status = sub["status"].clone();
+        if status == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        status, "failed",
+        "the lease ran out and the new wake's URL is refused"
+    );
+    assert_eq!(got.lock().unwrap().len(), 1, "nothing more was sent");
+}

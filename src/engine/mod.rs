@@ -286,7 +286,7 @@ impl Engine {
         let mut keys = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let want = PAGE.min(limit + 1 - keys.len());
+            let want = PAGE.min(limit.saturating_add(1) - keys.len());
             let page = self.storage.list(prefix, after.as_deref(), want).await?;
             let full = page.len() == want;
             after = page.last().cloned();

@@ -410,7 +410,9 @@ impl Hub {
             }
         }
         for (id, generation) in due {
-            self.spawn_delivery(id, generation);
+            if self.take_retry(log, &id, generation, now).await {
+                self.spawn_delivery(id, generation);
+            }
         }
         Ok(())
     }
@@ -425,6 +427,42 @@ impl Hub {
             Some(by) if *by != self.instance => retry.at_ms.saturating_add(takeover) <= now,
             _ => true,
         }
+    }
+
+    /// Whether this instance makes `id`'s due retry: its own at once;
+    /// another instance's overdue one only after recording that it took it
+    /// over (the version race lets one instance do that, so the others do
+    /// not all send it).
+    async fn take_retry(&self, log: &Log, id: &str, generation: u64, now: u64) -> bool {
+        let mine = log.peek(|subs| {
+            subs.get(id)
+                .and_then(|s| s.retry.as_ref())
+                .is_some_and(|r| r.by.as_deref().is_none_or(|by| by == self.instance))
+        });
+        if mine {
+            return true;
+        }
+        let taken = log
+            .change(|subs| {
+                let overdue = subs
+                    .get(id)
+                    .filter(|s| s.generation == generation && s.wake.is_some())
+                    .and_then(|s| s.retry.as_ref())
+                    .filter(|r| r.by.as_deref() != Some(&self.instance))
+                    .filter(|r| self.retry_is_mine(r, now));
+                let ops = overdue.map_or_else(Vec::new, |r| {
+                    vec![Op::Retry {
+                        id: id.to_owned(),
+                        generation,
+                        attempt: r.attempt,
+                        at_ms: now,
+                        by: Some(self.instance.clone()),
+                    }]
+                });
+                Ok((ops, ()))
+            })
+            .await;
+        matches!(taken, Ok((_, ops)) if !ops.is_empty())
     }
 
     /// The current tails of every stream linked to the subscriptions `ids`.
@@ -515,7 +553,7 @@ impl Hub {
         let mut matches = Vec::new();
         let (keys, more) = self
             .engine
-            .list(&prefix, self.max_backfill.saturating_mul(4))
+            .list(&prefix, self.max_backfill.saturating_mul(4).min(1 << 24))
             .await?;
         for key in keys {
             let path = key.as_str().trim_start_matches('/');
@@ -523,7 +561,15 @@ impl Hub {
                 matches.push(path.to_owned());
             }
         }
-        if matches.len() > self.max_backfill || more {
+        if more {
+            return Err(HubError::Refused(Refusal::Invalid(format!(
+                "more than {} existing streams are under the pattern's literal prefix \
+                 {prefix:?} (four times the server's max_backfill_streams); start the \
+                 pattern with more literal segments, or name the streams",
+                self.max_backfill.saturating_mul(4)
+            ))));
+        }
+        if matches.len() > self.max_backfill {
             return Err(HubError::Refused(Refusal::Invalid(format!(
                 "the pattern matches more than {} existing streams (the server's \
                  max_backfill_streams); narrow it, or name the streams",
@@ -618,11 +664,11 @@ impl Hub {
         let Some(hub) = self.me.upgrade() else { return };
         hub.hooks.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
+            // Counted down however the task ends (its runtime may drop it).
+            let _counted = HookRunning(hub.clone());
             if let Err(e) = hub.on_append(path, stream, before, after).await {
                 tracing::warn!(error = ?e, "a subscription wake could not be decided");
             }
-            hub.hooks.fetch_sub(1, Ordering::AcqRel);
-            hub.hooks_done.notify_waiters();
         });
     }
 
@@ -759,6 +805,13 @@ impl Hub {
         if ids.is_empty() {
             return Ok(());
         }
+        // An append to an incarnation that has since been deleted (and maybe
+        // created again) is nobody's work any more: deciding it now would
+        // move the new incarnation's cursor.
+        let current = self.found([path.clone()]).await;
+        if current.get(&path).is_some_and(|(_, id)| *id != stream) {
+            return Ok(());
+        }
         let mut tails = self.tails_for(&ids).await?;
         let tail = tails.entry(path.clone()).or_insert(after);
         *tail = (*tail).max(after);
@@ -835,11 +888,9 @@ impl Hub {
             }
         }
         tokio::spawn(async move {
+            // Taken off the running set however the task ends.
+            let _running = DeliveryRunning(me.clone(), (id.clone(), generation));
             let result = me.deliver(&id, generation).await;
-            me.delivering
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&(id.clone(), generation));
             if let Err(e) = result {
                 tracing::warn!(subscription = %id, generation, error = ?e, "webhook delivery failed");
             }
@@ -858,16 +909,22 @@ impl Hub {
         let Delivery::Webhook { url } = &sub.config.delivery else {
             return Ok(());
         };
-        let target = check_url(url, self.allow_development).map_err(HubError::Rejected)?;
         let body = self.wake_body(&sub);
         let signature = self
             .opened_keys()?
             .signing
             .signature_header(now_ms() / 1000, &body);
         let attempt = sub.retry.as_ref().map_or(0, |r| r.attempt);
-        let answer =
-            tokio::time::timeout(DELIVERY_TIMEOUT, self.client.post(&target, body, signature))
-                .await;
+        // A URL refused now (the settings changed since it was accepted) is
+        // a failed attempt like any other: retried with back-off, not at
+        // every sweep.
+        let answer = match check_url(url, self.allow_development) {
+            Ok(target) => {
+                let post = self.client.post(&target, body, signature);
+                tokio::time::timeout(DELIVERY_TIMEOUT, post).await
+            }
+            Err(rejected) => Ok(Err(rejected.to_string())),
+        };
         let done = match answer {
             Ok(Ok((status, answer))) if status.is_success() => {
                 let done = serde_json::from_slice::<serde_json::Value>(&answer)
@@ -995,6 +1052,29 @@ impl Hub {
                 })
             })
             .collect()
+    }
+}
+
+/// Counts an append hook task down when dropped.
+struct HookRunning(Arc<Hub>);
+
+impl Drop for HookRunning {
+    fn drop(&mut self) {
+        self.0.hooks.fetch_sub(1, Ordering::AcqRel);
+        self.0.hooks_done.notify_waiters();
+    }
+}
+
+/// Takes a delivery off the running set when dropped.
+struct DeliveryRunning(Arc<Hub>, (String, u64));
+
+impl Drop for DeliveryRunning {
+    fn drop(&mut self) {
+        self.0
+            .delivering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
     }
 }
 

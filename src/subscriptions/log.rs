@@ -81,6 +81,8 @@ struct Folded {
     version: u64,
     /// The log length at which compaction is considered next.
     compact_at: u64,
+    /// A rebuild failed half way (see [`Log::fold`]).
+    broken: bool,
 }
 
 /// Why a change was not made.
@@ -159,6 +161,7 @@ impl Log {
                 offset: 0,
                 version: 0,
                 compact_at: compact_after,
+                broken: false,
             }),
             subs: std::sync::RwLock::new(Subscriptions::default()),
             version: std::sync::atomic::AtomicU64::new(0),
@@ -180,6 +183,25 @@ impl Log {
     /// Where the log is: the head's last entry, or the first log (created
     /// if this is the first start).
     async fn head(&self) -> Result<Key, StreamError> {
+        if let Some(log) = self.head_entry().await? {
+            return Ok(log);
+        }
+        let root = Key::trusted(ROOT_PATH.to_owned());
+        let request = CreateRequest {
+            content_type: Some("application/json".to_owned()),
+            ..CreateRequest::default()
+        };
+        // A second instance, or a restart, finds it there: fine.
+        self.engine.create(&root, request).await?;
+        // The first compaction may have named its log in the head and
+        // deleted the first one while this looked: then the create above
+        // made a new, empty first log that nobody else follows, and the head
+        // says where the log really is.
+        Ok(self.head_entry().await?.unwrap_or(root))
+    }
+
+    /// The head's last entry, if it has one.
+    async fn head_entry(&self) -> Result<Option<Key>, StreamError> {
         let head = Key::trusted(HEAD_PATH.to_owned());
         let mut last: Option<String> = None;
         let mut offset = 0;
@@ -205,17 +227,7 @@ impl Log {
                 break;
             }
         }
-        if let Some(log) = last {
-            return Ok(Key::trusted(log));
-        }
-        let root = Key::trusted(ROOT_PATH.to_owned());
-        let request = CreateRequest {
-            content_type: Some("application/json".to_owned()),
-            ..CreateRequest::default()
-        };
-        // A second instance, or a restart, finds it there: fine.
-        self.engine.create(&root, request).await?;
-        Ok(root)
+        Ok(last.map(Key::trusted))
     }
 
     /// Folds the whole log again from where the head says it is (at open,
@@ -236,6 +248,10 @@ impl Log {
 
     /// Folds what was appended since the last look.
     async fn catch_up(&self, folded: &mut Folded) -> Result<(), StreamError> {
+        if folded.broken {
+            // A rebuild failed half way: the state does not match `folded`.
+            return self.restart(folded).await;
+        }
         match self.fold(folded, false).await {
             // Compacted by another instance, which deleted this log.
             Err(StreamError::NotFound) => self.restart(folded).await,
@@ -249,6 +265,25 @@ impl Log {
     /// a partial one.
     async fn fold(&self, folded: &mut Folded, rebuild: bool) -> Result<(), StreamError> {
         let mut fresh = rebuild.then(Subscriptions::default);
+        let folding = self.fold_into(folded, &mut fresh).await;
+        // A failure while a new state was being made leaves `folded` past
+        // the state in use: the next look starts again from the head.
+        folded.broken = folding.is_err() && fresh.is_some();
+        folding?;
+        if let Some(fresh) = fresh {
+            *self.subs.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        }
+        self.version
+            .store(folded.version, std::sync::atomic::Ordering::Release);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = folded.key.clone();
+        Ok(())
+    }
+
+    async fn fold_into(
+        &self,
+        folded: &mut Folded,
+        fresh: &mut Option<Subscriptions>,
+    ) -> Result<(), StreamError> {
         loop {
             let from = ReadFrom::At(Offset::new(folded.offset));
             let read = self.engine.read(&folded.key, from).await?;
@@ -257,7 +292,7 @@ impl Log {
                 let array: Vec<u8> = json_read_frame(read.data).concat();
                 let entries: Vec<RawEntry> = serde_json::from_slice(&array).map_err(unreadable)?;
                 let mut shared = None;
-                let subs = match &mut fresh {
+                let subs = match fresh {
                     Some(fresh) => fresh,
                     None => {
                         &mut **shared.insert(self.subs.write().unwrap_or_else(|e| e.into_inner()))
@@ -288,20 +323,13 @@ impl Log {
                 // The state starts again from the new log's snapshot.
                 folded.key = Key::trusted(next);
                 folded.offset = 0;
-                fresh = Some(Subscriptions::default());
+                *fresh = Some(Subscriptions::default());
                 continue;
             }
             if read.end >= read.tail {
-                break;
+                return Ok(());
             }
         }
-        if let Some(fresh) = fresh {
-            *self.subs.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-        }
-        self.version
-            .store(folded.version, std::sync::atomic::Ordering::Release);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = folded.key.clone();
-        Ok(())
     }
 
     /// Runs `look` on the latest state.
@@ -364,13 +392,21 @@ impl Log {
                     } else if folded.offset >= folded.compact_at {
                         if let Err(e) = self.compact(&mut folded, false).await {
                             tracing::warn!(error = %e, "the subscription log could not be compacted");
+                            // Tried again after a quarter more, not at once.
+                            folded.compact_at =
+                                folded.offset.saturating_add(self.compact_after / 4);
                         }
                     }
                     return Ok((answer, entry.ops));
                 }
                 // Another instance wrote version `v` first, or compacted
-                // this log (closing it).
-                Err(StreamError::SeqRegression { .. } | StreamError::Closed { .. }) => {}
+                // this log (closing it, or by now deleting it): catch up
+                // (from the head if need be) and decide again.
+                Err(
+                    StreamError::SeqRegression { .. }
+                    | StreamError::Closed { .. }
+                    | StreamError::NotFound,
+                ) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -660,5 +696,51 @@ mod tests {
             Err(StreamError::NotFound)
         ));
         assert!(log.read(|subs| subs.get("b").is_some()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_change_decided_while_another_instance_compacts_lands_in_the_new_log() {
+        let engine = engine();
+        let first = Log::open_compacting_after(engine.clone(), u64::MAX)
+            .await
+            .unwrap();
+        let second = Log::open_compacting_after(engine.clone(), u64::MAX)
+            .await
+            .unwrap();
+        assert!(first.change(create("a", "x/*")).await.unwrap().0);
+        // `first` compacts (and deletes the log `second` has just read)
+        // between `second`'s catch-up and its append.
+        let mut decisions = 0;
+        let result = second
+            .change(|subs| {
+                decisions += 1;
+                if decisions == 1 {
+                    let mut folded = first.folded.try_lock().expect("idle");
+                    let compacting = first.compact(&mut folded, true);
+                    let compacted = futures_util::FutureExt::now_or_never(compacting);
+                    assert!(matches!(compacted, Some(Ok(()))), "{compacted:?}");
+                }
+                subs.create("b", config("y/*"), 0, &[], None)
+            })
+            .await;
+        assert!(result.unwrap().0);
+        assert_eq!(decisions, 2, "decided again on the new log");
+        assert_eq!(second.current_key(), first.current_key());
+        let both = first
+            .read(|subs| subs.get("a").is_some() && subs.get("b").is_some())
+            .await
+            .unwrap();
+        assert!(both);
+        // A first log made again by a late starter is not followed: the
+        // head names the current one.
+        let root = Key::trusted(ROOT_PATH.to_owned());
+        let create = CreateRequest {
+            content_type: Some("application/json".to_owned()),
+            ..CreateRequest::default()
+        };
+        engine.create(&root, create).await.unwrap();
+        let late = Log::open(engine).await.unwrap();
+        assert_eq!(late.current_key(), first.current_key());
+        assert!(late.peek(|subs| subs.get("b").is_some()));
     }
 }

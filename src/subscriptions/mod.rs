@@ -89,7 +89,10 @@ impl SubscriptionOptions {
     /// The most existing streams a new subscription's pattern may match:
     /// they are all linked when it is made (at their tails), and every wake
     /// decision looks at each link, so a pattern over more is refused (400
-    /// `INVALID_REQUEST`) and should be narrowed. 10,000 by default.
+    /// `INVALID_REQUEST`) and should be narrowed. So is one whose literal
+    /// leading segments (the part before the first wildcard, which the
+    /// listing goes by) cover more than four times as many streams.
+    /// 10,000 by default.
     pub fn max_backfill_streams(mut self, max: usize) -> Self {
         self.max_backfill_streams = max;
         self

@@ -558,7 +558,12 @@ impl Subscriptions {
                     }
                     l.acked
                 }
-                _ => {
+                // A link for another incarnation keeps why it was made.
+                Some(l) => {
+                    ops.push(link(id, path, l.explicit, before, Some(stream)));
+                    before
+                }
+                None => {
                     ops.push(link(id, path, false, before, Some(stream)));
                     before
                 }
@@ -946,8 +951,13 @@ impl Subscriptions {
                 });
                 if let Some(stream) = stream {
                     if link.stream.is_some_and(|s| s != *stream) {
-                        // Another incarnation: its cursor starts over.
+                        // Another incarnation: its cursor starts over, and
+                        // the wake out now no longer covers it (its `done`
+                        // must not acknowledge the new stream's bytes).
                         link.acked = *at;
+                        if let Some(wake) = &mut sub.wake {
+                            wake.snapshot.remove(path);
+                        }
                     }
                     link.stream = Some(*stream);
                 }
@@ -1534,6 +1544,31 @@ mod tests {
         assert_eq!(sub.links["events/a"].acked, 0);
         assert_eq!(sub.links["events/a"].stream, Some(2));
         assert_eq!(sub.wake.as_ref().unwrap().snapshot["events/a"], 40);
+    }
+
+    #[test]
+    fn a_wake_out_when_its_stream_is_created_again_does_not_acknowledge_the_new_one() {
+        let mut w = World::default();
+        w.create("s", webhook("events/*"));
+        let ops = w
+            .subs
+            .add_streams("s", &["named/x".into()], w.found())
+            .unwrap();
+        w.record(ops);
+        w.append("named/x", 100, 0);
+        assert_eq!(w.sub("s").wake.as_ref().unwrap().snapshot["named/x"], 100);
+        // Deleted and created again while the wake is out.
+        w.recreate("named/x");
+        w.append("named/x", 40, 1);
+        let sub = w.sub("s");
+        assert!(sub.links["named/x"].explicit, "still a named link");
+        assert!(!sub.links["named/x"].glob);
+        assert!(!sub.wake.as_ref().unwrap().snapshot.contains_key("named/x"));
+        // The receiver's `done` for that wake leaves the new stream pending.
+        let (ops, again) = w.subs.delivered("s", 1, 2, w.tails(), ids()).unwrap();
+        w.record(ops);
+        assert_eq!(w.sub("s").links["named/x"].acked, 0);
+        assert!(again, "a new wake for the new stream's 40 bytes");
     }
 
     #[test]

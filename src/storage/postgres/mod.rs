@@ -438,8 +438,6 @@ impl Storage for PostgresStorage {
         limit: usize,
     ) -> StorageFuture<'a, Vec<String>> {
         Box::pin(self.with_client(move |client| async move {
-            // Byte order (the "C" collation) whatever the database's, so
-            // pages follow on from `after` as the trait says.
             // Byte order (the "C" collation, indexed since schema version 2)
             // whatever the database's, so pages follow on from `after` as
             // the trait says, and the range ends where the prefix does.

@@ -230,6 +230,8 @@ CREATE TABLE ds_leases (
 
 /// Version 2: stream keys in byte order, for listings under a prefix
 /// (`Storage::list`, which subscriptions use to link existing streams).
+/// Built inside the migration's transaction (`CONCURRENTLY` cannot be), so
+/// on a large table it holds up writes to `ds_streams` while it builds.
 const V2: &str = r#"
 CREATE INDEX ds_streams_key_bytes ON ds_streams (key COLLATE "C");
 "#;
