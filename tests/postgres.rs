@@ -39,6 +39,7 @@ testkit_on_postgres!(
     reads_are_bounded,
     fork_records_start_at_their_position,
     lists_by_prefix_in_pages,
+    gets_many_at_once,
 );
 
 #[tokio::test]

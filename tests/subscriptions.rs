@@ -890,3 +890,59 @@ async fn a_url_refused_at_delivery_is_a_failed_attempt() {
     );
     assert_eq!(got.lock().unwrap().len(), 1, "nothing more was sent");
 }
+
+/// A stream deleted and created again while its subscription's wake is out
+/// (claimed, not finished) is new work once that wake ends.
+#[tokio::test]
+async fn a_stream_created_again_during_a_wake_is_new_work_after_it() {
+    let service = service(dev());
+    put(&service, "/wake/o", "application/json", b"[]").await;
+    put_json(
+        &service,
+        "/__ds/subscriptions/o",
+        serde_json::json!({"type": "pull-wake", "pattern": "jobs/*", "wake_stream": "wake/o"}),
+    )
+    .await;
+    put(
+        &service,
+        "/jobs/x",
+        "application/json",
+        br#"{"long":"first incarnation"}"#,
+    )
+    .await;
+    let claim = post_json(
+        &service,
+        "/__ds/subscriptions/o/claim",
+        None,
+        serde_json::json!({"worker": "w"}),
+    )
+    .await;
+    assert_eq!(claim.status, StatusCode::OK, "{}", claim.text());
+    let claim = claim.json();
+    // Progress on the old stream, the wake still held.
+    let progress = post_json(
+        &service,
+        "/__ds/subscriptions/o/ack",
+        claim["token"].as_str(),
+        serde_json::json!({"wake_id": claim["wake_id"], "generation": claim["generation"],
+            "acks": [{"stream": "jobs/x", "offset": claim["streams"][0]["tail_offset"]}], "done": false}),
+    )
+    .await;
+    assert_eq!(progress.status, StatusCode::OK, "{}", progress.text());
+    send(&service, Method::DELETE, "/jobs/x", &[], b"").await;
+    put(&service, "/jobs/x", "application/json", br#"{"n":2}"#).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let done = post_json(
+        &service,
+        "/__ds/subscriptions/o/ack",
+        claim["token"].as_str(),
+        serde_json::json!({"wake_id": claim["wake_id"], "generation": claim["generation"],
+            "acks": [], "done": true}),
+    )
+    .await;
+    assert_eq!(
+        done.json(),
+        serde_json::json!({"ok": true, "next_wake": true}),
+        "the new stream's bytes are pending"
+    );
+}

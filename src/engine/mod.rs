@@ -301,6 +301,37 @@ impl Engine {
         }
     }
 
+    /// The tails and incarnations of those of `keys` that are live streams:
+    /// from the registry for a backend one process owns, in one storage
+    /// read per 1,000 keys for shared storage (where a stream's head would
+    /// be a storage read each).
+    #[cfg(feature = "subscriptions")]
+    pub(crate) async fn tails(&self, keys: &[Key]) -> Result<Vec<Option<(u64, u64)>>, StreamError> {
+        self.ready().await?;
+        if !self.shared {
+            let mut tails = Vec::with_capacity(keys.len());
+            for key in keys {
+                tails.push(match self.head(key).await {
+                    Ok(view) => view.config.map(|config| (view.tail, config.id)),
+                    Err(StreamError::NotFound | StreamError::Gone) => None,
+                    Err(e) => return Err(e),
+                });
+            }
+            return Ok(tails);
+        }
+        let mut tails = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(1_000) {
+            let names: Vec<String> = chunk.iter().map(|k| k.as_str().to_owned()).collect();
+            let records = self.storage.get_many(&names).await?;
+            tails.extend(records.into_iter().map(|record| {
+                record
+                    .filter(|r| !r.soft_deleted)
+                    .map(|r| (r.tail, r.config.id))
+            }));
+        }
+        Ok(tails)
+    }
+
     /// Sets the observer of appends; `false` if one is set already.
     #[cfg(feature = "subscriptions")]
     pub(crate) fn observe(&self, observer: Arc<dyn AppendObserver>) -> bool {

@@ -529,6 +529,21 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         })
     }
 
+    /// The current records of several streams at once, in the order of
+    /// `keys` (`None` for a missing one): what [`get`](Storage::get) gives for
+    /// each. Subscriptions read the tails of all of a subscription's streams
+    /// this way. The default calls `get` for each key; a backend reached
+    /// over a network should answer in one round trip.
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StorageFuture<'a, Vec<Option<StreamRecord>>> {
+        Box::pin(async move {
+            let mut records = Vec::with_capacity(keys.len());
+            for key in keys {
+                records.push(self.get(key).await?);
+            }
+            Ok(records)
+        })
+    }
+
     /// What the backend offers when several service instances share it; `None`
     /// (the default) for a backend that one process owns.
     fn shared(&self) -> Option<&dyn SharedStorage> {
@@ -593,6 +608,10 @@ impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
         limit: usize,
     ) -> StorageFuture<'a, Vec<String>> {
         (**self).list(prefix, after, limit)
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StorageFuture<'a, Vec<Option<StreamRecord>>> {
+        (**self).get_many(keys)
     }
 
     fn shared(&self) -> Option<&dyn SharedStorage> {

@@ -229,6 +229,36 @@ pub async fn delete_and_soft_delete(store: impl Storage) {
     assert_eq!(recreated, CreateOutcome::Created);
 }
 
+/// Several records at once, in the order asked, as `get` gives each.
+pub async fn gets_many_at_once(store: impl Storage) {
+    for (id, key) in ["/m/1", "/m/2", "/m/gone"].into_iter().enumerate() {
+        store
+            .create(key, record(id as u64 + 1), Bytes::from_static(b"abc"))
+            .await
+            .expect("create");
+    }
+    store.soft_delete("/m/gone").await.expect("soft delete");
+    let keys: Vec<String> = ["/m/2", "/m/none", "/m/1", "/m/gone", "/m/2"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let many = store.get_many(&keys).await.expect("get_many");
+    assert_eq!(many.len(), keys.len());
+    for (key, record) in keys.iter().zip(&many) {
+        let one = store.get(key).await.expect("get");
+        assert_eq!(
+            record
+                .as_ref()
+                .map(|r| (r.config.id, r.tail, r.soft_deleted)),
+            one.as_ref().map(|r| (r.config.id, r.tail, r.soft_deleted)),
+            "{key}"
+        );
+    }
+    assert!(many[1].is_none());
+    assert_eq!(many[0].as_ref().map(|r| r.config.id), Some(2));
+    assert!(store.get_many(&[]).await.expect("get_many").is_empty());
+}
+
 /// Listing: live streams under a prefix, in byte order, in pages.
 pub async fn lists_by_prefix_in_pages(store: impl Storage) {
     for (id, key) in ["/a/2", "/a/1", "/a/10", "/ab", "/b/1", "/a/gone"]
@@ -431,7 +461,8 @@ macro_rules! storage_testkit {
             reads_are_bounded,
             fork_records_start_at_their_position,
             delete_and_soft_delete,
-            lists_by_prefix_in_pages
+            lists_by_prefix_in_pages,
+            gets_many_at_once
         );
         $($crate::storage_testkit!(@extra $extra $value);)*
     };

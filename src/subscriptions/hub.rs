@@ -478,26 +478,27 @@ impl Hub {
             .await?;
         Ok(self
             .found(paths)
-            .await
+            .await?
             .into_iter()
             .map(|(path, (tail, _))| (path, tail))
             .collect())
     }
 
     /// The tails and incarnations of the streams that exist among `paths`.
-    async fn found(&self, paths: impl IntoIterator<Item = String>) -> HashMap<String, (u64, u64)> {
-        let mut found = HashMap::new();
-        for path in paths {
-            if found.contains_key(&path) {
-                continue;
-            }
-            if let Ok(view) = self.engine.head(&key_of(&path)).await {
-                if let Some(config) = view.config.as_ref().filter(|_| !view.soft_deleted) {
-                    found.insert(path, (view.tail, config.id));
-                }
-            }
-        }
-        found
+    async fn found(
+        &self,
+        paths: impl IntoIterator<Item = String>,
+    ) -> Result<HashMap<String, (u64, u64)>, StreamError> {
+        let mut paths: Vec<String> = paths.into_iter().collect();
+        paths.sort_unstable();
+        paths.dedup();
+        let keys: Vec<Key> = paths.iter().map(|p| key_of(p)).collect();
+        let tails = self.engine.tails(&keys).await?;
+        Ok(paths
+            .into_iter()
+            .zip(tails)
+            .filter_map(|(path, tail)| Some((path, tail?)))
+            .collect())
     }
 
     /// `PUT`: whether it was created, and the subscription.
@@ -527,7 +528,7 @@ impl Hub {
         }
         let existing: Vec<(String, u64, u64)> = self
             .found(paths)
-            .await
+            .await?
             .into_iter()
             .map(|(path, (tail, stream))| (path, tail, stream))
             .collect();
@@ -597,7 +598,7 @@ impl Hub {
     /// `POST .../streams`.
     pub(crate) async fn add_streams(&self, id: &str, paths: &[String]) -> Result<(), HubError> {
         let log = self.log().await?;
-        let found = self.found(paths.iter().cloned()).await;
+        let found = self.found(paths.iter().cloned()).await?;
         log.change(|subs| Ok((subs.add_streams(id, paths, |p| found.get(p).copied())?, ())))
             .await?;
         Ok(())
@@ -654,8 +655,24 @@ impl Hub {
             recent.extend(rest);
             wanted
         };
+        // One decision per stream (from its earliest append's start to its
+        // latest's end), and none where every subscription that wants it
+        // has nothing to do with it (a back-fill has just linked it past
+        // these appends, say): each decision reads all the tails it links.
+        let mut streams: HashMap<(String, u64), (u64, u64)> = HashMap::new();
         for r in wanted {
-            self.spawn_on_append(r.path, r.stream, r.before, r.after);
+            streams
+                .entry((r.path, r.stream))
+                .and_modify(|(before, after)| {
+                    *before = (*before).min(r.before);
+                    *after = (*after).max(r.after);
+                })
+                .or_insert((r.before, r.after));
+        }
+        for ((path, stream), (before, after)) in streams {
+            if log.peek(|subs| needs_decision(subs, &path, stream, Some(after))) {
+                self.spawn_on_append(path, stream, before, after);
+            }
         }
     }
 
@@ -808,7 +825,7 @@ impl Hub {
         // An append to an incarnation that has since been deleted (and maybe
         // created again) is nobody's work any more: deciding it now would
         // move the new incarnation's cursor.
-        let current = self.found([path.clone()]).await;
+        let current = self.found([path.clone()]).await?;
         if current.get(&path).is_some_and(|(_, id)| *id != stream) {
             return Ok(());
         }
@@ -1055,6 +1072,28 @@ impl Hub {
     }
 }
 
+/// Whether an append to `path` (incarnation `stream`, ending at `after` if
+/// known) may change what a subscription does: one that wants the stream
+/// has not linked it, or linked another incarnation, or is idle with the
+/// append past its cursor. The rest (a linked stream whose wake is already
+/// out) is left to whatever ends the wake, which reads the tails again.
+fn needs_decision(
+    subs: &super::state::Subscriptions,
+    path: &str,
+    stream: u64,
+    after: Option<u64>,
+) -> bool {
+    subs.interested(path).into_iter().any(|id| {
+        subs.get(id).is_some_and(|sub| match sub.links.get(path) {
+            None => true,
+            Some(link) if link.stream.is_some_and(|s| s != stream) => true,
+            Some(link) => {
+                sub.wake.is_none() && sub.retry.is_none() && after.is_none_or(|a| a > link.acked)
+            }
+        })
+    })
+}
+
 /// Counts an append hook task down when dropped.
 struct HookRunning(Arc<Hub>);
 
@@ -1142,15 +1181,10 @@ impl AppendObserver for Observer {
         // one to a linked stream of subscriptions whose wake is already out
         // (whatever ends the wake reads the tails again afterwards, and the
         // sweeper looks at idle subscriptions every 2 s for the rest).
-        let attention = hub.log.get().is_some_and(|log| {
-            log.peek(|subs| {
-                subs.interested(path).into_iter().any(|id| {
-                    subs.get(id).is_some_and(|sub| {
-                        !sub.links.contains_key(path) || (sub.wake.is_none() && sub.retry.is_none())
-                    })
-                })
-            })
-        });
+        let attention = hub
+            .log
+            .get()
+            .is_some_and(|log| log.peek(|subs| needs_decision(subs, path, stream, None)));
         if attention {
             hub.spawn_on_append(path.to_owned(), stream, before, after);
         } else if hub.engine.is_shared() {

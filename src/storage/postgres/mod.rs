@@ -460,6 +460,26 @@ impl Storage for PostgresStorage {
         }))
     }
 
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StorageFuture<'a, Vec<Option<StreamRecord>>> {
+        Box::pin(self.with_client(move |client| async move {
+            let sql = format!("SELECT {RECORD_COLUMNS} FROM ds_streams s WHERE s.key = ANY($1)");
+            let statement = client
+                .prepare_cached(&sql)
+                .await
+                .map_err(unavailable_or_backend)?;
+            let rows = client
+                .query(&statement, &[&keys])
+                .await
+                .map_err(unavailable_or_backend)?;
+            let mut found = std::collections::HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let (key, record) = record_of(row)?;
+                found.insert(key, record);
+            }
+            Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+        }))
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> StorageFuture<'a, Option<StreamRecord>> {
         Box::pin(self.with_client(move |client| async move {
             let sql = format!("SELECT {RECORD_COLUMNS} FROM ds_streams s WHERE s.key = $1");

@@ -192,6 +192,13 @@ impl<S: Storage> Storage for FailingStorage<S> {
         }
     }
 
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StorageFuture<'a, Vec<Option<StreamRecord>>> {
+        match self.switch.check(Method::Get) {
+            Ok(()) => self.inner.get_many(keys),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+
     fn list<'a>(
         &'a self,
         prefix: &'a str,
