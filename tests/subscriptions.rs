@@ -853,14 +853,26 @@ async fn a_url_refused_at_delivery_is_a_failed_attempt() {
     let (address, got) = receiver("{}").await;
     let dir = tempfile::tempdir().unwrap();
     let open = |options: SubscriptionOptions| {
-        let storage = FileStorage::open(dir.path(), Durability::Fsync).unwrap();
-        DurableStreamsService::builder()
-            .storage(storage)
-            .subscriptions(options.signing_seed([5; 32]))
-            .build()
-            .unwrap()
+        let path = dir.path().to_owned();
+        async move {
+            // A delivery task of the service dropped before may still hold the
+            // store for a moment.
+            let mut storage = FileStorage::open(&path, Durability::Fsync);
+            for _ in 0..500 {
+                if storage.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                storage = FileStorage::open(&path, Durability::Fsync);
+            }
+            DurableStreamsService::builder()
+                .storage(storage.unwrap())
+                .subscriptions(options.signing_seed([5; 32]))
+                .build()
+                .unwrap()
+        }
     };
-    let developing = open(dev());
+    let developing = open(dev()).await;
     let created = put_json(
         &developing,
         "/__ds/subscriptions/d",
@@ -874,7 +886,7 @@ async fn a_url_refused_at_delivery_is_a_failed_attempt() {
     first_request(&got).await;
     drop(developing);
 
-    let strict = open(SubscriptionOptions::new());
+    let strict = open(SubscriptionOptions::new()).await;
     let mut status = serde_json::Value::Null;
     for _ in 0..400 {
         let sub = get(&strict, "/__ds/subscriptions/d").await.json();
@@ -931,7 +943,18 @@ async fn a_stream_created_again_during_a_wake_is_new_work_after_it() {
     assert_eq!(progress.status, StatusCode::OK, "{}", progress.text());
     send(&service, Method::DELETE, "/jobs/x", &[], b"").await;
     put(&service, "/jobs/x", "application/json", br#"{"n":2}"#).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The append hook links the new stream afresh, from its start.
+    let zero = "0000000000000000_0000000000000000";
+    let mut relinked = false;
+    for _ in 0..500 {
+        let sub = get(&service, "/__ds/subscriptions/o").await.json();
+        if sub["streams"][0]["acked_offset"] == zero {
+            relinked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(relinked, "the new stream was not linked afresh within 5 s");
     let done = post_json(
         &service,
         "/__ds/subscriptions/o/ack",

@@ -565,9 +565,10 @@ impl Hub {
         if more {
             return Err(HubError::Refused(Refusal::Invalid(format!(
                 "more than {} existing streams are under the pattern's literal prefix \
-                 {prefix:?} (four times the server's max_backfill_streams); start the \
-                 pattern with more literal segments, or name the streams",
-                self.max_backfill.saturating_mul(4)
+                 {prefix:?} (the listing stops there, at four times the server's \
+                 max_backfill_streams); start the pattern with more literal segments, \
+                 or name the streams",
+                self.max_backfill.saturating_mul(4).min(1 << 24)
             ))));
         }
         if matches.len() > self.max_backfill {
@@ -680,9 +681,11 @@ impl Hub {
     fn spawn_on_append(&self, path: String, stream: u64, before: u64, after: u64) {
         let Some(hub) = self.me.upgrade() else { return };
         hub.hooks.fetch_add(1, Ordering::AcqRel);
+        // Counted down however the task ends, even if its runtime drops it
+        // before it first runs.
+        let counted = HookRunning(hub.clone());
         tokio::spawn(async move {
-            // Counted down however the task ends (its runtime may drop it).
-            let _counted = HookRunning(hub.clone());
+            let _counted = counted;
             if let Err(e) = hub.on_append(path, stream, before, after).await {
                 tracing::warn!(error = ?e, "a subscription wake could not be decided");
             }
@@ -826,7 +829,7 @@ impl Hub {
         // created again) is nobody's work any more: deciding it now would
         // move the new incarnation's cursor.
         let current = self.found([path.clone()]).await?;
-        if current.get(&path).is_some_and(|(_, id)| *id != stream) {
+        if current.get(&path).is_none_or(|(_, id)| *id != stream) {
             return Ok(());
         }
         let mut tails = self.tails_for(&ids).await?;
@@ -904,9 +907,11 @@ impl Hub {
                 return;
             }
         }
+        // Taken off the running set however the task ends, even if its
+        // runtime drops it before it first runs.
+        let running = DeliveryRunning(me.clone(), (id.clone(), generation));
         tokio::spawn(async move {
-            // Taken off the running set however the task ends.
-            let _running = DeliveryRunning(me.clone(), (id.clone(), generation));
+            let _running = running;
             let result = me.deliver(&id, generation).await;
             if let Err(e) = result {
                 tracing::warn!(subscription = %id, generation, error = ?e, "webhook delivery failed");

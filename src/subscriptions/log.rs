@@ -191,13 +191,29 @@ impl Log {
             content_type: Some("application/json".to_owned()),
             ..CreateRequest::default()
         };
-        // A second instance, or a restart, finds it there: fine.
-        self.engine.create(&root, request).await?;
+        // A second instance, or a restart, finds it there: fine. So is a
+        // conflict: the first log exists and was closed by a compaction
+        // meanwhile (the head says where the log went).
+        match self.engine.create(&root, request).await {
+            Ok(_) | Err(StreamError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
         // The first compaction may have named its log in the head and
         // deleted the first one while this looked: then the create above
-        // made a new, empty first log that nobody else follows, and the head
-        // says where the log really is.
-        Ok(self.head_entry().await?.unwrap_or(root))
+        // made a new, empty first log, and the head says where the log
+        // really is. The stray is deleted, so that an instance still
+        // following the first log finds it gone and starts from the head.
+        match self.head_entry().await? {
+            Some(log) => {
+                if let Err(e) = self.engine.delete(&root).await {
+                    if !matches!(e, StreamError::NotFound) {
+                        tracing::warn!(error = %e, "a stray first subscription log could not be deleted");
+                    }
+                }
+                Ok(log)
+            }
+            None => Ok(root),
+        }
     }
 
     /// The head's last entry, if it has one.
@@ -253,8 +269,10 @@ impl Log {
             return self.restart(folded).await;
         }
         match self.fold(folded, false).await {
-            // Compacted by another instance, which deleted this log.
-            Err(StreamError::NotFound) => self.restart(folded).await,
+            // Compacted by another instance, which deleted this log (and an
+            // empty one may have taken its name: the offset is then past
+            // its tail).
+            Err(StreamError::NotFound | StreamError::Invalid(_)) => self.restart(folded).await,
             other => other,
         }
     }
@@ -742,5 +760,31 @@ mod tests {
         let late = Log::open(engine).await.unwrap();
         assert_eq!(late.current_key(), first.current_key());
         assert!(late.peek(|subs| subs.get("b").is_some()));
+    }
+
+    #[tokio::test]
+    async fn an_instance_on_a_first_log_made_again_empty_starts_from_the_head() {
+        let engine = engine();
+        let first = Log::open_compacting_after(engine.clone(), 4_000)
+            .await
+            .unwrap();
+        let second = Log::open_compacting_after(engine.clone(), u64::MAX)
+            .await
+            .unwrap();
+        assert!(second.change(create("s", "s/*")).await.unwrap().0);
+        churn(&first, 40).await;
+        // A late starter made the first log again, empty, after the first
+        // compaction deleted it: `second`, which still follows it, reads
+        // past its tail, and starts again from the head.
+        let root = Key::trusted(ROOT_PATH.to_owned());
+        let create = CreateRequest {
+            content_type: Some("application/json".to_owned()),
+            ..CreateRequest::default()
+        };
+        engine.create(&root, create).await.unwrap();
+        let seen = second.read(|subs| subs.get("s").is_some()).await.unwrap();
+        assert!(seen);
+        assert_eq!(second.current_key(), first.current_key());
+        assert_eq!(snapshot(&first).await, snapshot(&second).await);
     }
 }
