@@ -467,21 +467,21 @@ impl Hub {
 
     /// The current tails of every stream linked to the subscriptions `ids`.
     async fn tails_for(&self, ids: &[String]) -> Result<HashMap<String, u64>, HubError> {
+        let paths = self.linked_paths(ids).await?;
+        Ok(tails_only(self.found(paths).await?))
+    }
+
+    /// The streams linked to the subscriptions `ids`.
+    async fn linked_paths(&self, ids: &[String]) -> Result<Vec<String>, HubError> {
         let log = self.opened()?;
-        let paths: Vec<String> = log
+        Ok(log
             .read(|subs| {
                 ids.iter()
                     .filter_map(|id| subs.get(id))
                     .flat_map(|s| s.links.keys().cloned())
                     .collect()
             })
-            .await?;
-        Ok(self
-            .found(paths)
-            .await?
-            .into_iter()
-            .map(|(path, (tail, _))| (path, tail))
-            .collect())
+            .await?)
     }
 
     /// The tails and incarnations of the streams that exist among `paths`.
@@ -825,14 +825,17 @@ impl Hub {
         if ids.is_empty() {
             return Ok(());
         }
+        // The appended stream is read with the linked ones, in one batch.
+        let mut paths = self.linked_paths(&ids).await?;
+        paths.push(path.clone());
+        let found = self.found(paths).await?;
         // An append to an incarnation that has since been deleted (and maybe
         // created again) is nobody's work any more: deciding it now would
         // move the new incarnation's cursor.
-        let current = self.found([path.clone()]).await?;
-        if current.get(&path).is_none_or(|(_, id)| *id != stream) {
+        if found.get(&path).is_none_or(|(_, id)| *id != stream) {
             return Ok(());
         }
-        let mut tails = self.tails_for(&ids).await?;
+        let mut tails = tails_only(found);
         let tail = tails.entry(path.clone()).or_insert(after);
         *tail = (*tail).max(after);
         let now = now_ms();
@@ -1075,6 +1078,14 @@ impl Hub {
             })
             .collect()
     }
+}
+
+/// The tails of [`Hub::found`]'s answer, without the incarnations.
+fn tails_only(found: HashMap<String, (u64, u64)>) -> HashMap<String, u64> {
+    found
+        .into_iter()
+        .map(|(path, (tail, _))| (path, tail))
+        .collect()
 }
 
 /// Whether an append to `path` (incarnation `stream`, ending at `after` if

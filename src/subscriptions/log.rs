@@ -122,6 +122,25 @@ fn version_seq(version: u64) -> String {
     format!("{version:020}")
 }
 
+/// The creation of one of the log's JSON streams, with `body` in it.
+fn json_stream(body: Bytes) -> CreateRequest {
+    CreateRequest {
+        content_type: Some("application/json".to_owned()),
+        body,
+        ..CreateRequest::default()
+    }
+}
+
+/// An append of one JSON entry under `version` (as its `Stream-Seq`).
+fn versioned(entry: Bytes, version: u64) -> AppendRequest {
+    AppendRequest {
+        content_type: BodyType::Stream,
+        body: entry,
+        stream_seq: Some(version_seq(version)),
+        ..AppendRequest::default()
+    }
+}
+
 /// The subscription log of one instance.
 #[derive(Debug)]
 pub(crate) struct Log {
@@ -187,10 +206,7 @@ impl Log {
             return Ok(log);
         }
         let root = Key::trusted(ROOT_PATH.to_owned());
-        let request = CreateRequest {
-            content_type: Some("application/json".to_owned()),
-            ..CreateRequest::default()
-        };
+        let request = json_stream(Bytes::new());
         // A second instance, or a restart, finds it there: fine. So is a
         // conflict: the first log exists and was closed by a compaction
         // meanwhile (the head says where the log went).
@@ -394,12 +410,7 @@ impl Log {
                 next: None,
             };
             let body = serde_json::to_vec(&entry).map_err(encoding_failed)?;
-            let request = AppendRequest {
-                content_type: BodyType::Stream,
-                body: Bytes::from(body),
-                stream_seq: Some(version_seq(entry.v)),
-                ..AppendRequest::default()
-            };
+            let request = versioned(Bytes::from(body), entry.v);
             match self.engine.append(&folded.key, request).await {
                 Ok(_) => {
                     // Version `v` was free, so nothing came between: fold it.
@@ -455,23 +466,18 @@ impl Log {
         // The same state at the same version makes the same snapshot, so two
         // instances compacting at once create one stream with one content.
         let new = Key::trusted(format!("{COMPACTED_PREFIX}{}", version_seq(version)));
-        let create = CreateRequest {
-            content_type: Some("application/json".to_owned()),
-            body: Bytes::from(body),
-            ..CreateRequest::default()
-        };
-        self.engine.create(&new, create).await?;
+        self.engine
+            .create(&new, json_stream(Bytes::from(body)))
+            .await?;
         let closing = Entry {
             v: version,
             ops: Vec::new(),
             next: Some(new.as_str().to_owned()),
         };
+        let closing = serde_json::to_vec(&closing).map_err(encoding_failed)?;
         let request = AppendRequest {
-            content_type: BodyType::Stream,
-            body: Bytes::from(serde_json::to_vec(&closing).map_err(encoding_failed)?),
-            stream_seq: Some(version_seq(version)),
             close: true,
-            ..AppendRequest::default()
+            ..versioned(Bytes::from(closing), version)
         };
         let old = folded.key.clone();
         match self.engine.append(&old, request).await {
@@ -491,20 +497,12 @@ impl Log {
         // Later openers start at the new log; the head's own versions keep
         // a late writer from naming an older log after a newer one.
         let head = Key::trusted(HEAD_PATH.to_owned());
-        let create = CreateRequest {
-            content_type: Some("application/json".to_owned()),
-            ..CreateRequest::default()
-        };
-        self.engine.create(&head, create).await?;
+        self.engine.create(&head, json_stream(Bytes::new())).await?;
         let entry = HeadEntry {
             log: new.as_str().to_owned(),
         };
-        let request = AppendRequest {
-            content_type: BodyType::Stream,
-            body: Bytes::from(serde_json::to_vec(&entry).map_err(encoding_failed)?),
-            stream_seq: Some(version_seq(version)),
-            ..AppendRequest::default()
-        };
+        let entry = serde_json::to_vec(&entry).map_err(encoding_failed)?;
+        let request = versioned(Bytes::from(entry), version);
         match self.engine.append(&head, request).await {
             Ok(_) | Err(StreamError::SeqRegression { .. }) => {}
             Err(e) => return Err(e),
@@ -752,11 +750,10 @@ mod tests {
         // A first log made again by a late starter is not followed: the
         // head names the current one.
         let root = Key::trusted(ROOT_PATH.to_owned());
-        let create = CreateRequest {
-            content_type: Some("application/json".to_owned()),
-            ..CreateRequest::default()
-        };
-        engine.create(&root, create).await.unwrap();
+        engine
+            .create(&root, json_stream(Bytes::new()))
+            .await
+            .unwrap();
         let late = Log::open(engine).await.unwrap();
         assert_eq!(late.current_key(), first.current_key());
         assert!(late.peek(|subs| subs.get("b").is_some()));
@@ -777,11 +774,10 @@ mod tests {
         // compaction deleted it: `second`, which still follows it, reads
         // past its tail, and starts again from the head.
         let root = Key::trusted(ROOT_PATH.to_owned());
-        let create = CreateRequest {
-            content_type: Some("application/json".to_owned()),
-            ..CreateRequest::default()
-        };
-        engine.create(&root, create).await.unwrap();
+        engine
+            .create(&root, json_stream(Bytes::new()))
+            .await
+            .unwrap();
         let seen = second.read(|subs| subs.get("s").is_some()).await.unwrap();
         assert!(seen);
         assert_eq!(second.current_key(), first.current_key());

@@ -631,15 +631,8 @@ impl Subscriptions {
             }) if sub.lease_over(now_ms) => {
                 // The holder's lease ran out and the sweeper has not ended
                 // it yet: end it here, and claim the wake that follows.
-                let finish = Op::Ack {
-                    id: id.to_owned(),
-                    generation: sub.generation,
-                    acks: BTreeMap::new(),
-                    lease_until_ms: None,
-                    finish: true,
-                };
                 let (ended, rewoken) =
-                    self.finish_and_rewake(sub, finish, now_ms, &tails, &mut wake_id);
+                    self.finish_and_rewake(sub, end_wake(sub), now_ms, &tails, &mut wake_id);
                 if !rewoken {
                     return Err(Refusal::NoPendingWork);
                 }
@@ -776,14 +769,7 @@ impl Subscriptions {
             &report.wake_id,
             now_ms,
         )?;
-        let finish = Op::Ack {
-            id: id.to_owned(),
-            generation: sub.generation,
-            acks: BTreeMap::new(),
-            lease_until_ms: None,
-            finish: true,
-        };
-        Ok(self.finish_and_rewake(sub, finish, now_ms, tails, wake_id))
+        Ok(self.finish_and_rewake(sub, end_wake(sub), now_ms, tails, wake_id))
     }
 
     /// Leases that ran out by `now_ms`: their wakes end, and pending work
@@ -802,15 +788,8 @@ impl Subscriptions {
                 continue;
             };
             if sub.lease_over(now_ms) {
-                let finish = Op::Ack {
-                    id: id.clone(),
-                    generation: sub.generation,
-                    acks: BTreeMap::new(),
-                    lease_until_ms: None,
-                    finish: true,
-                };
                 ops.extend(
-                    self.finish_and_rewake(sub, finish, now_ms, &tails, &mut wake_id)
+                    self.finish_and_rewake(sub, end_wake(sub), now_ms, &tails, &mut wake_id)
                         .0,
                 );
             }
@@ -1099,6 +1078,18 @@ impl Subscriptions {
                 self.named.remove(path);
             }
         }
+    }
+}
+
+/// Ends `sub`'s wake without acknowledging anything (a release, or a lease
+/// that ran out).
+fn end_wake(sub: &Subscription) -> Op {
+    Op::Ack {
+        id: sub.id.clone(),
+        generation: sub.generation,
+        acks: BTreeMap::new(),
+        lease_until_ms: None,
+        finish: true,
     }
 }
 
